@@ -1,0 +1,156 @@
+"""Detector regions on the output plane and their readout.
+
+A detector is a rectangle on the output plane (centre and size in metres, axes as in
+:mod:`diffractive.grid`) that belongs to one class and carries a sign. Class ``c``'s score
+is the signed sum of its detectors' powers: one ``+1`` detector per class gives the
+Lin et al. (Science 2018) readout, a ``+1``/``-1`` pair per class the differential
+detection of Li et al. (Adv. Photonics 2019), score = P+ - P-.
+
+Power is the sum of ``|u|^2`` over the region, each pixel weighted by the fraction of its
+area inside the rectangle (so a detector need not sit on pixel boundaries); it is in the
+same relative units as the intensity (multiply by ``pitch**2`` for an area integral).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._validate import finite_real, positive_finite
+from .backend import get_array_module
+from .grid import Grid
+
+
+@dataclass(frozen=True)
+class Detector:
+    """One rectangular detector: ``center_m = (x, y)``, ``size_m = (w, h)``, metres."""
+
+    class_index: int
+    center_m: tuple[float, float]
+    size_m: tuple[float, float]
+    sign: int = 1
+
+    def __post_init__(self):
+        if isinstance(self.class_index, bool) or not isinstance(self.class_index, (int, np.integer)) or self.class_index < 0:
+            raise ValueError(f"detector class must be a non-negative integer, got {self.class_index!r}")
+        cx, cy = (finite_real("detector center_m", v) for v in self.center_m)
+        w, h = (positive_finite("detector size_m", v) for v in self.size_m)
+        if self.sign not in (1, -1):
+            raise ValueError(f"detector sign must be 1 or -1, got {self.sign!r}")
+        object.__setattr__(self, "class_index", int(self.class_index))
+        object.__setattr__(self, "center_m", (cx, cy))
+        object.__setattr__(self, "size_m", (w, h))
+
+    def to_json(self) -> dict:
+        return {"class": self.class_index, "center_m": list(self.center_m), "size_m": list(self.size_m),
+                "sign": self.sign}
+
+
+def _coverage_1d(centers, pitch, lo, hi):
+    """Fraction of each pixel [c - p/2, c + p/2] inside [lo, hi]."""
+    a = np.clip(np.minimum(centers + pitch / 2, hi) - np.maximum(centers - pitch / 2, lo), 0, None)
+    return a / pitch
+
+
+def detector_masks(detectors, grid: Grid, xp=np, dtype=np.float32):
+    """Area-weighted masks, shape (K, ny, nx), values in [0, 1].
+
+    Raises ``ValueError`` if a detector lies (partly) outside the grid.
+    """
+    x, y = grid.x_m(), grid.y_m()
+    half_w, half_h = grid.extent_m[1] / 2, grid.extent_m[0] / 2
+    masks = np.zeros((len(detectors),) + grid.shape, dtype=np.float64)
+    for k, d in enumerate(detectors):
+        (cx, cy), (w, h) = d.center_m, d.size_m
+        if abs(cx) + w / 2 > half_w + 1e-9 or abs(cy) + h / 2 > half_h + 1e-9:
+            raise ValueError(f"detector {k} (class {d.class_index}) at ({cx:.4g}, {cy:.4g}) m of size ({w:.4g}, {h:.4g}) m "
+                             f"reaches outside the output plane ({2 * half_w:.4g} x {2 * half_h:.4g} m)")
+        masks[k] = np.outer(_coverage_1d(y, grid.pitch_m, cy - h / 2, cy + h / 2),
+                            _coverage_1d(x, grid.pitch_m, cx - w / 2, cx + w / 2))
+    return xp.asarray(masks.astype(dtype))
+
+
+def readout(intensity, masks):
+    """Detector powers (..., K) from intensity (..., ny, nx) and masks (K, ny, nx)."""
+    xp = get_array_module(intensity, masks)
+    K = masks.shape[0]
+    flat = intensity.reshape(intensity.shape[:-2] + (-1,))
+    return flat @ xp.asarray(masks, dtype=flat.dtype).reshape(K, -1).T
+
+
+def score_matrix(detectors, n_classes: int | None = None) -> np.ndarray:
+    """Matrix S (K, C) with S[k, c] = sign_k if detector k belongs to class c; scores = powers @ S."""
+    n_classes = 1 + max(d.class_index for d in detectors) if n_classes is None else n_classes
+    S = np.zeros((len(detectors), n_classes))
+    for k, d in enumerate(detectors):
+        if d.class_index >= n_classes:
+            raise ValueError(f"detector {k} has class {d.class_index} but there are only {n_classes} classes")
+        S[k, d.class_index] = d.sign
+    missing = [c for c in range(n_classes) if not np.any(S[:, c] > 0)]
+    if missing:
+        raise ValueError(f"classes {missing} have no positive detector")
+    return S
+
+
+def class_scores(powers, detectors, n_classes: int | None = None):
+    """Class scores (..., C) = signed sum of each class's detector powers."""
+    xp = get_array_module(powers)
+    return powers @ xp.asarray(score_matrix(detectors, n_classes), dtype=powers.dtype)
+
+
+def _row_layout(counts, size_m, spacing_m):
+    """Centres of detectors in rows of the given counts, centred on the axis, y increasing."""
+    centers = []
+    n_rows = len(counts)
+    for r, count in enumerate(counts):
+        y = (r - (n_rows - 1) / 2) * spacing_m[1]
+        for c in range(count):
+            centers.append(((c - (count - 1) / 2) * spacing_m[0], y))
+    return centers
+
+
+def lin_layout(grid: Grid, n_classes: int = 10, size_m: float | None = None, spacing_m: float | None = None,
+               rows: tuple[int, ...] | None = None):
+    """Square detectors in rows (3-4-3 for 10 classes, as in Lin et al. 2018).
+
+    ``size_m`` defaults to 1/12 of the smaller grid extent; ``spacing_m`` (centre to
+    centre, both axes) to 2.5 detector sizes, which keeps the whole pattern inside the
+    central ~60 % of the plane.
+    """
+    extent = min(grid.extent_m)
+    size_m = extent / 12 if size_m is None else positive_finite("size_m", size_m)
+    spacing_m = 2.5 * size_m if spacing_m is None else positive_finite("spacing_m", spacing_m)
+    if rows is None:
+        rows = (3, 4, 3) if n_classes == 10 else _balanced_rows(n_classes)
+    if sum(rows) != n_classes:
+        raise ValueError(f"rows {rows} hold {sum(rows)} detectors, not n_classes={n_classes}")
+    centers = _row_layout(rows, size_m, (spacing_m, spacing_m))
+    return [Detector(c, ctr, (size_m, size_m), 1) for c, ctr in enumerate(centers)]
+
+
+def differential_layout(grid: Grid, n_classes: int = 10, size_m: float | None = None,
+                        spacing_m: float | None = None):
+    """A +/- detector pair per class (Li et al. 2019), in rows of up to 5 pairs.
+
+    Pairs sit side by side (positive left); detectors are listed class by class,
+    positive first.
+    """
+    extent = min(grid.extent_m)
+    size_m = extent / 16 if size_m is None else positive_finite("size_m", size_m)
+    spacing_m = 2.0 * size_m if spacing_m is None else positive_finite("spacing_m", spacing_m)
+    per_row = min(5, n_classes)
+    rows = [per_row] * (n_classes // per_row) + ([n_classes % per_row] if n_classes % per_row else [])
+    cols = _row_layout([2 * r for r in rows], size_m, (spacing_m, 2 * spacing_m))
+    out = []
+    for c in range(n_classes):
+        out.append(Detector(c, cols[2 * c], (size_m, size_m), 1))
+        out.append(Detector(c, cols[2 * c + 1], (size_m, size_m), -1))
+    return out
+
+
+def _balanced_rows(n):
+    n_rows = max(1, int(round(np.sqrt(n))))
+    base = [n // n_rows] * n_rows
+    for i in range(n % n_rows):
+        base[i] += 1
+    return tuple(base)
