@@ -1,0 +1,67 @@
+"""``d2nn simulate``: simulated accuracy of a design on a dataset split."""
+from __future__ import annotations
+
+import json
+import sys
+
+from . import UserError
+
+
+def register(sub):
+    p = sub.add_parser("simulate", help="simulated accuracy of a design on a dataset",
+                       description="Simulate a design on a dataset split and report its accuracy. With "
+                                   "--from-stl the layers are re-read from exported STL files (heights, "
+                                   "material and absorption included) instead of the ideal phases.")
+    p.add_argument("design", help="design folder (holding design.json and phases.npz)")
+    p.add_argument("--dataset", required=True, help="fashion-mnist, mnist, digits")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="default: test")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N samples of the split")
+    p.add_argument("--from-stl", metavar="DIR", default=None,
+                   help="simulate the stack re-read from the STL files that 'd2nn export' wrote to DIR")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda runs the CuPy core")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import numpy as np  # noqa: PLC0415
+
+    from diffractive.design import load_design  # noqa: PLC0415
+    from diffractive.simulate import simulate  # noqa: PLC0415
+    from training.datasets import load_split  # noqa: PLC0415
+
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be a positive integer, got {args.limit}")
+    design = load_design(args.design)
+    images, labels = load_split(args.dataset, args.split, limit=args.limit,
+                                seed=int(design.provenance.get("split_seed", 0)))
+    if design.n_classes < int(labels.max()) + 1:
+        raise UserError(f"{args.design} has {design.n_classes} classes but {args.dataset} has {int(labels.max()) + 1}")
+    transmissions = None
+    if args.from_stl:
+        from fabrication.roundtrip import transmissions_from_stl  # noqa: PLC0415
+
+        transmissions = transmissions_from_stl(design, args.from_stl)
+    backend = "cupy" if args.device == "cuda" else "numpy"
+    progress = None
+    if not args.json and sys.stderr.isatty():
+        from tqdm import tqdm  # noqa: PLC0415
+
+        bar = tqdm(total=len(images), unit="img", desc="simulate", leave=False)
+        progress = lambda n: bar.update(n - bar.n)  # noqa: E731
+    result = simulate(design, images, batch_size=args.batch_size, backend=backend, transmissions=transmissions,
+                      progress=progress)
+    correct = int(np.sum(result.predictions == labels))
+    n = int(len(labels))
+    out = {"design": str(args.design), "dataset": args.dataset, "split": args.split, "n": n,
+           "correct": correct, "accuracy": correct / n if n else float("nan"),
+           "source": "stl" if args.from_stl else "ideal",
+           "power_on_detectors": float(np.mean(result.powers.sum(1) / np.maximum(result.total_power, 1e-30)))}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{args.design}: {args.dataset}/{args.split}, {n} images ({out['source']} layers)")
+        print(f"  accuracy {100 * out['accuracy']:.2f} % ({correct}/{n})")
+        print(f"  mean fraction of output power on the detectors {out['power_on_detectors']:.3f}")
+    return 0
