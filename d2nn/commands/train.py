@@ -1,0 +1,45 @@
+"""``d2nn train``: train a design from a TOML config and write the design folder."""
+from __future__ import annotations
+
+from . import UserError
+
+
+def register(sub):
+    p = sub.add_parser("train", help="train a design from a TOML config",
+                       description="Train a diffractive network described by CONFIG.toml and write a design folder "
+                                   "(design.json, phases.npz, metrics.json, metrics.csv, figures/) to --out. "
+                                   "Checkpoints go to OUT/checkpoints/; --resume continues an interrupted run.")
+    p.add_argument("config", help="TOML config (see designs/*.toml and docs/training.md)")
+    p.add_argument("--out", required=True, help="design folder to write")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument("--force", action="store_true", help="start over in a non-empty OUT")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: CUDA torch and the CuPy physics core")
+    p.add_argument("--epochs", type=int, default=None, help="override trainer.epochs")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch  # noqa: PLC0415
+
+    from training.config import ConfigError, load_config  # noqa: PLC0415
+    from training.datasets import DatasetMissing  # noqa: PLC0415
+    from training.trainer import Trainer, TrainingError  # noqa: PLC0415
+
+    try:
+        cfg = load_config(args.config)
+        if args.epochs is not None:
+            if args.epochs < 1:
+                raise UserError(f"--epochs must be positive, got {args.epochs}")
+            cfg.trainer.epochs = args.epochs
+        if args.device == "cuda":
+            from diffractive.backend import cupy_available  # noqa: PLC0415
+
+            if not torch.cuda.is_available() or not cupy_available():
+                raise UserError("--device cuda needs CUDA torch and CuPy with a GPU (pip install 'd2nn[gpu]'); "
+                                "use --device cpu")
+        trainer = Trainer(cfg, args.out, resume=args.resume, force=args.force, device=args.device)
+        trainer.run()
+    except (ConfigError, TrainingError, DatasetMissing) as e:
+        raise UserError(str(e)) from None
+    return 0

@@ -1,0 +1,241 @@
+"""Training configuration: a TOML file validated into nested dataclasses.
+
+Every key is checked where it enters: an unknown key, a wrong type or an out-of-range
+value raises :class:`ConfigError` naming the file, the table and the key. The tables and
+their defaults are the dataclasses below; docs/training.md lists them.
+
+Rules other than backprop add their own sub-table under ``[trainer]`` (e.g.
+``[trainer.es]``); :data:`RULE_OPTIONS` maps a rule name to the dataclass that validates
+it, and is extended by :mod:`training.rules`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A configuration file is unreadable or holds a bad key or value."""
+
+
+@dataclass
+class GeometryConfig:
+    wavelength_m: float = 0.75e-3
+    pitch_m: float = 0.4e-3
+    layer_shape: list = field(default_factory=lambda: [200, 200])
+    n_layers: int = 5
+    distance_m: float = 30e-3                 # every gap, unless distances_m is given
+    distances_m: typing.Optional[list] = None  # n_layers + 1 gaps, input -> ... -> output
+    window_shape: typing.Optional[list] = None  # default: 2x, fast FFT size
+
+
+@dataclass
+class InputConfig:
+    encoding: str = "amplitude"
+    size_m: typing.Optional[list] = None      # default: half the layer
+    phase_scale: float = math.pi
+
+
+@dataclass
+class DetectorConfig:
+    layout: str = "lin"                       # "lin" (one per class) or "differential" (+/- pairs)
+    size_m: typing.Optional[float] = None
+    spacing_m: typing.Optional[float] = None
+
+
+@dataclass
+class ModelConfig:
+    modulation: str = "phase"                 # "phase" or "complex" (amplitude trained too)
+    init: str = "uniform"                     # "uniform" random phases or "zeros"
+
+
+@dataclass
+class MaterialConfig:
+    name: str = "VeroBlackPlus RGD875"
+    n: float = 1.7227
+    kappa: float = 0.031
+
+
+@dataclass
+class FabricationConfig:
+    base_m: float = 0.5e-3
+    z_step_m: float = 16e-6
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"
+    train_limit: typing.Optional[int] = None
+    val_limit: typing.Optional[int] = None
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    shuffle_labels: bool = False              # a control: accuracy must stay at chance
+
+
+@dataclass
+class TrainerConfig:
+    rule: str = "backprop"
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    schedule: str = "cosine"                  # "cosine", "step", "constant"
+    step_every: int = 5                       # epochs, for schedule = "step"
+    step_gamma: float = 0.5
+    loss: str = "cross_entropy"               # or "mse" (Lin 2018: detector powers vs one-hot)
+    temperature: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 200               # optimisation steps between mid-epoch checkpoints
+    max_loss: float = 1e6                     # above this (or NaN) the run stops
+    workers: typing.Optional[int] = None      # CPU threads for the physics core
+    options: dict = field(default_factory=dict)  # the rule's own table, validated by RULE_OPTIONS
+
+
+@dataclass
+class Config:
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    detectors: DetectorConfig = field(default_factory=DetectorConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    material: MaterialConfig = field(default_factory=MaterialConfig)
+    fabrication: FabricationConfig = field(default_factory=FabricationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    name: str = "d2nn"
+    source: str = "<defaults>"
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+
+CHOICES = {
+    ("input", "encoding"): ("amplitude", "phase"),
+    ("detectors", "layout"): ("lin", "differential"),
+    ("model", "modulation"): ("phase", "complex"),
+    ("model", "init"): ("uniform", "zeros"),
+    ("trainer", "schedule"): ("cosine", "step", "constant"),
+    ("trainer", "loss"): ("cross_entropy", "mse"),
+    ("data", "dataset"): ("fashion-mnist", "mnist", "digits"),
+}
+POSITIVE = {"wavelength_m", "pitch_m", "distance_m", "n_layers", "phase_scale", "epochs", "batch_size",
+            "learning_rate", "temperature", "checkpoint_every", "max_loss", "step_every", "step_gamma",
+            "val_fraction", "z_step_m", "size_m", "spacing_m", "train_limit", "val_limit", "workers"}
+
+# rule name -> dataclass of its options ([trainer.<rule>]); training.rules adds entries.
+RULE_OPTIONS: dict[str, type] = {"backprop": type("BackpropOptions", (), {})}
+
+
+def _check_value(where, key, value, annotation):
+    origin = typing.get_origin(annotation)
+    optional = origin is typing.Union and type(None) in typing.get_args(annotation)
+    base = [a for a in typing.get_args(annotation) if a is not type(None)][0] if optional else annotation
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: '{key}' must not be empty")
+    if base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
+        value = float(value)
+    elif base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
+    elif base is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
+    elif base is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
+    elif base is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: '{key}' must be a list, got {value!r}")
+    elif base is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' must be a table, got {value!r}")
+    if key in POSITIVE and isinstance(value, (int, float)) and value <= 0:
+        raise ConfigError(f"{where}: '{key}' must be positive, got {value!r}")
+    return value
+
+
+def _build(cls, table: dict, where: str):
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in table.items():
+        if key not in fields or key in ("options", "source"):
+            known = ", ".join(k for k in fields if k not in ("options", "source"))
+            raise ConfigError(f"{where}: unknown key '{key}' (known keys: {known})")
+        kwargs[key] = _check_value(where, key, value, hints[key])
+    return cls(**kwargs)
+
+
+def parse_config(doc: dict, source: str = "<config>") -> Config:
+    """Validate a parsed TOML document into a :class:`Config`."""
+    sections = {"geometry": GeometryConfig, "input": InputConfig, "detectors": DetectorConfig,
+                "model": ModelConfig, "material": MaterialConfig, "fabrication": FabricationConfig,
+                "data": DataConfig, "trainer": TrainerConfig}
+    kwargs = {}
+    for key, value in doc.items():
+        if key == "name":
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{source}: 'name' must be a non-empty string")
+            kwargs["name"] = value
+            continue
+        if key not in sections:
+            raise ConfigError(f"{source}: unknown table '[{key}]' (known: {', '.join(sections)}, name)")
+        table = dict(value) if isinstance(value, dict) else value
+        options = {}
+        if key == "trainer" and isinstance(table, dict):
+            for rule in list(RULE_OPTIONS):
+                if isinstance(table.get(rule), dict):
+                    options[rule] = table.pop(rule)
+        kwargs[key] = _build(sections[key], table, f"{source} [{key}]")
+        if key == "trainer":
+            kwargs[key].options = options
+    cfg = Config(**kwargs, source=source)
+    for (sec, key), allowed in CHOICES.items():
+        v = getattr(getattr(cfg, sec), key)
+        if v not in allowed:
+            raise ConfigError(f"{source} [{sec}]: '{key}' must be one of {list(allowed)}, got {v!r}")
+    rule = cfg.trainer.rule
+    if rule not in RULE_OPTIONS:
+        raise ConfigError(f"{source} [trainer]: 'rule' must be one of {sorted(RULE_OPTIONS)}, got {rule!r}")
+    for name in cfg.trainer.options:
+        if name != rule:
+            raise ConfigError(f"{source}: table [trainer.{name}] given but rule = {rule!r}")
+    opts_cls = RULE_OPTIONS[rule]
+    if dataclasses.is_dataclass(opts_cls):
+        cfg.trainer.options = _build(opts_cls, cfg.trainer.options.get(rule, {}), f"{source} [trainer.{rule}]")
+    elif cfg.trainer.options.get(rule):
+        raise ConfigError(f"{source}: rule {rule!r} takes no [trainer.{rule}] options")
+    else:
+        cfg.trainer.options = None
+    g = cfg.geometry
+    if g.distances_m is not None and len(g.distances_m) != g.n_layers + 1:
+        raise ConfigError(f"{source} [geometry]: 'distances_m' must hold n_layers + 1 = {g.n_layers + 1} values")
+    if not (0 < cfg.data.val_fraction < 1):
+        raise ConfigError(f"{source} [data]: 'val_fraction' must lie between 0 and 1, got {cfg.data.val_fraction}")
+    if cfg.material.n <= 1:
+        raise ConfigError(f"{source} [material]: 'n' must be greater than 1, got {cfg.material.n}")
+    if cfg.material.kappa < 0:
+        raise ConfigError(f"{source} [material]: 'kappa' must be non-negative, got {cfg.material.kappa}")
+    return cfg
+
+
+def load_config(path) -> Config:
+    """Read and validate a TOML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    return parse_config(doc, source=str(path))

@@ -1,0 +1,120 @@
+"""The trainable diffractive network: a torch module over the xp physics core.
+
+:class:`D2NN` holds the layer phases (and, for complex modulation, amplitude logits) as
+torch parameters and everything else (geometry, detector masks, encoding) from a
+:class:`~diffractive.design.Design`. Its forward pass is the bridge
+(:func:`training.bridge.stack_intensity`); readout and losses are small torch ops on the
+intensity.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from diffractive.design import Design, make_design
+from diffractive.detectors import detector_masks, score_matrix
+from diffractive.simulate import input_fields
+
+from .bridge import from_xp, stack_intensity, to_xp
+
+
+def design_from_config(cfg, phases=None) -> Design:
+    """The initial :class:`Design` a config describes (random or zero phases from its seed)."""
+    g, inp, det = cfg.geometry, cfg.input, cfg.detectors
+    n_classes = 10
+    if phases is None and cfg.model.init == "zeros":
+        phases = np.zeros((g.n_layers,) + tuple(g.layer_shape), dtype=np.float32)
+    kwargs = {}
+    if g.distances_m is not None:
+        kwargs = {"input_distance_m": g.distances_m[0], "output_distance_m": g.distances_m[-1]}
+    design = make_design(
+        wavelength_m=g.wavelength_m, pitch_m=g.pitch_m, layer_shape=tuple(g.layer_shape), n_layers=g.n_layers,
+        spacing_m=g.distance_m, window_shape=None if g.window_shape is None else tuple(g.window_shape),
+        encoding=inp.encoding, input_size_m=inp.size_m, detectors=det.layout, detector_size_m=det.size_m,
+        detector_spacing_m=det.spacing_m, n_classes=n_classes,
+        material={"name": cfg.material.name, "n": cfg.material.n, "kappa": cfg.material.kappa},
+        fabrication={"base_m": cfg.fabrication.base_m, "z_step_m": cfg.fabrication.z_step_m},
+        phases=phases, seed=cfg.trainer.seed, **kwargs)
+    if g.distances_m is not None:
+        design.distances_m = [float(d) for d in g.distances_m]
+    if inp.encoding == "phase":
+        design.input["phase_scale"] = float(inp.phase_scale)
+    return design
+
+
+class D2NN(torch.nn.Module):
+    """Layers of a design as torch parameters.
+
+    ``forward(images)`` takes images (B, h, w) in [0, 1] and returns the output-plane
+    intensity (B, ny, nx); :meth:`readout` turns it into detector powers (B, K) and
+    :meth:`scores` into class scores (B, C).
+    """
+
+    def __init__(self, design: Design, modulation: str = "phase", workers=None):
+        super().__init__()
+        self.design = design
+        self.geometry = design.geometry
+        self.workers = workers
+        self.phase = torch.nn.Parameter(torch.tensor(np.asarray(design.phases, dtype=np.float32)))
+        self.modulation = modulation
+        if modulation == "complex":
+            amp = np.full(design.phases.shape, 0.9, dtype=np.float32) if design.amplitudes is None else design.amplitudes
+            amp = np.clip(amp, 1e-4, 1 - 1e-4)
+            self.amp_logit = torch.nn.Parameter(torch.tensor(np.log(amp / (1 - amp)), dtype=torch.float32))
+        elif modulation != "phase":
+            raise ValueError(f"modulation must be 'phase' or 'complex', got {modulation!r}")
+        masks = detector_masks(design.detectors, design.grid).reshape(len(design.detectors), -1)
+        self.register_buffer("masks", torch.tensor(masks, dtype=torch.float32))
+        self.register_buffer("score_matrix", torch.tensor(score_matrix(design.detectors, design.n_classes),
+                                                          dtype=torch.float32))
+
+    def amplitudes(self):
+        return torch.sigmoid(self.amp_logit) if self.modulation == "complex" else None
+
+    def transmissions(self):
+        t = torch.polar(torch.ones_like(self.phase), self.phase)
+        amp = self.amplitudes()
+        return t if amp is None else t * amp
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Input fields (B, ny, nx) complex64 for images (B, h, w), on the images' device."""
+        xp_images = to_xp(images.float())
+        xp = np if isinstance(xp_images, np.ndarray) else __import__("cupy")
+        return from_xp(input_fields(self.design, xp_images, xp), images.device)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return stack_intensity(self.transmissions(), self.encode(images), self.geometry, self.workers)
+
+    def readout(self, intensity: torch.Tensor) -> torch.Tensor:
+        return intensity.reshape(intensity.shape[0], -1) @ self.masks.T
+
+    def scores(self, powers: torch.Tensor) -> torch.Tensor:
+        return powers @ self.score_matrix
+
+    def to_design(self) -> Design:
+        """A copy of the design with the current (wrapped) phases and amplitudes."""
+        phases = torch.remainder(self.phase.detach(), 2 * np.pi).cpu().numpy().astype(np.float32)
+        amp = self.amplitudes()
+        amp = None if amp is None else amp.detach().cpu().numpy().astype(np.float32)
+        return self.design.with_phases(phases, amp)
+
+
+def detector_loss(powers, intensity, labels, score_matrix, kind="cross_entropy", temperature=0.1):
+    """Loss on detector powers (B, K) for integer ``labels`` (B,).
+
+    ``cross_entropy``: softmax cross-entropy on ``scores / (temperature * sum(powers))``,
+    i.e. on class scores normalised by the power reaching the detectors (scale-free, so
+    the input's brightness does not change the loss). ``mse`` (Lin et al. 2018): mean
+    squared error between each detector's share of the output-plane power and a one-hot
+    target (1 on the true class's positive detectors).
+    """
+    total_det = powers.sum(dim=1, keepdim=True).clamp_min(1e-20)
+    if kind == "cross_entropy":
+        logits = (powers @ score_matrix) / (temperature * total_det)
+        return torch.nn.functional.cross_entropy(logits, labels), logits
+    if kind == "mse":
+        total = intensity.reshape(intensity.shape[0], -1).sum(dim=1, keepdim=True).clamp_min(1e-20)
+        share = powers / total
+        target = (score_matrix[:, labels].T > 0).to(share.dtype)
+        return torch.mean((share - target) ** 2), powers @ score_matrix
+    raise ValueError(f"unknown loss {kind!r}")

@@ -1,0 +1,342 @@
+"""The training loop shared by every learning rule.
+
+A :class:`Trainer` owns the data, the model, the schedule of epochs and steps,
+validation, checkpoints and the design folder it writes; a *rule* (backprop here, the
+alternatives in :mod:`training.rules`) owns how one batch updates the parameters.
+
+Resumability: batches are drawn in an order fixed by ``(seed, epoch)``; a checkpoint
+holds the parameters, the rule's state (optimiser, schedule, its random generators), the
+epoch and the step within it, and the running sums of the epoch. It is written to a
+temporary file and renamed, so a run killed at any moment (SIGKILL included) resumes
+from its last complete checkpoint and continues exactly as an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import diffractive
+from diffractive.design import save_design, write_json_atomic
+
+from . import figures
+from .config import Config
+from .model import D2NN, design_from_config, detector_loss
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (diverged, bad state); the message says why."""
+
+
+def _atomic_torch_save(obj, path: Path):
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class BackpropRule:
+    """End-to-end gradients through the bridge, Adam, and a per-step LR schedule."""
+
+    name = "backprop"
+
+    def __init__(self, model: D2NN, cfg: Config, steps_per_epoch: int):
+        self.model = model
+        self.cfg = cfg
+        t = cfg.trainer
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=t.learning_rate)
+        total = max(1, t.epochs * steps_per_epoch)
+        if t.schedule == "cosine":
+            fn = lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))  # noqa: E731
+        elif t.schedule == "step":
+            fn = lambda s: t.step_gamma ** (s // (t.step_every * steps_per_epoch))  # noqa: E731
+        else:
+            fn = lambda s: 1.0  # noqa: E731
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, fn)
+
+    def loss(self, images, labels):
+        intensity = self.model(images)
+        powers = self.model.readout(intensity)
+        return detector_loss(powers, intensity, labels, self.model.score_matrix, self.cfg.trainer.loss,
+                             self.cfg.trainer.temperature)
+
+    def step(self, images, labels):
+        """One update; returns ``(loss, logits)`` measured before the update."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, logits = self.loss(images, labels)
+        check_finite(loss, self.cfg.trainer.max_loss)
+        loss.backward()
+        for p in self.model.parameters():
+            if p.grad is not None and not torch.isfinite(p.grad).all():
+                raise TrainingError("the gradient holds NaN or infinite values; lower trainer.learning_rate")
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss), logits.detach()
+
+    @property
+    def learning_rate(self):
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self):
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state):
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+def check_finite(loss, max_loss):
+    value = float(loss)
+    if not math.isfinite(value) or value > max_loss:
+        raise TrainingError(f"the loss became {value!r} (limit trainer.max_loss = {max_loss:g}); the run stops "
+                            "and the last good checkpoint is kept; lower trainer.learning_rate")
+
+
+def make_rule(model, cfg, steps_per_epoch):
+    if cfg.trainer.rule == "backprop":
+        return BackpropRule(model, cfg, steps_per_epoch)
+    from . import rules  # noqa: PLC0415
+
+    return rules.make_rule(model, cfg, steps_per_epoch)
+
+
+class _Progress:
+    """tqdm bar on a terminal; otherwise a line every ~10 % of an epoch (logs stay short)."""
+
+    def __init__(self, total, desc, stream=sys.stderr):
+        self.total, self.desc, self.stream = total, desc, stream
+        self.n = 0
+        self.t0 = time.perf_counter()
+        self.bar = None
+        if stream.isatty():
+            from tqdm import tqdm  # noqa: PLC0415
+
+            self.bar = tqdm(total=total, desc=desc, unit="img", leave=False, file=stream)
+        self.next_report = total / 10
+
+    def update(self, n, **post):
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix(post, refresh=False)
+        elif self.n >= self.next_report or self.n == self.total:
+            rate = self.n / max(1e-9, time.perf_counter() - self.t0)
+            eta = (self.total - self.n) / max(rate, 1e-9)
+            extra = " ".join(f"{k}={v}" for k, v in post.items())
+            print(f"{self.desc}: {self.n}/{self.total} img, {rate:.0f} img/s, ETA {eta:.0f} s {extra}",
+                  file=self.stream, flush=True)
+            self.next_report += self.total / 10
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Trainer:
+    """Train the design a :class:`Config` describes and write it to ``out_dir``.
+
+    ``out_dir`` becomes a design folder (design.json, phases.npz, metrics.json,
+    metrics.csv, figures/); checkpoints live in ``out_dir/checkpoints/``.
+    """
+
+    def __init__(self, cfg: Config, out_dir, *, resume=False, force=False, device="cpu", log=print,
+                 data=None, stop_after_steps=None):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.device = torch.device(device)
+        self.log = log
+        self.stop_after_steps = stop_after_steps
+        last = self.ckpt_dir / "last.pt"
+        if resume and not last.exists():
+            raise TrainingError(f"--resume: no checkpoint at {last}")
+        if not resume and self.out.exists() and any(self.out.iterdir()) and not force:
+            raise FileExistsError(f"{self.out} is not empty; use --resume to continue the run there or --force "
+                                  "to start over")
+        d = cfg.data
+        if data is None:
+            from .datasets import dataset_info, load_split  # noqa: PLC0415
+
+            tr = load_split(d.dataset, "train", limit=d.train_limit, seed=d.split_seed, val_fraction=d.val_fraction)
+            va = load_split(d.dataset, "val", limit=d.val_limit, seed=d.split_seed, val_fraction=d.val_fraction)
+            te = load_split(d.dataset, "test")
+            self.dataset_info = dataset_info(d.dataset)
+        else:  # tests pass arrays directly
+            tr, va, te = data
+            self.dataset_info = {"name": "in-memory arrays"}
+        self.train_x, self.train_y = np.asarray(tr[0], np.float32), np.asarray(tr[1], np.int64)
+        if d.shuffle_labels:
+            self.train_y = np.random.default_rng([cfg.trainer.seed, 7]).permutation(self.train_y)
+        self.val_x, self.val_y = np.asarray(va[0], np.float32), np.asarray(va[1], np.int64)
+        self.test_x, self.test_y = np.asarray(te[0], np.float32), np.asarray(te[1], np.int64)
+        torch.manual_seed(cfg.trainer.seed)
+        self.design0 = design_from_config(cfg)
+        self.model = D2NN(self.design0, cfg.model.modulation, workers=cfg.trainer.workers).to(self.device)
+        bs = cfg.trainer.batch_size
+        self.steps_per_epoch = max(1, len(self.train_x) // bs)
+        self.rule = make_rule(self.model, cfg, self.steps_per_epoch)
+        self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [], "best_val_accuracy": -1.0,
+                      "best_epoch": None, "sums": [0.0, 0, 0], "train_seconds": 0.0,
+                      "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        if resume:
+            self._load(last)
+
+    # -- checkpoints ------------------------------------------------------------------
+    def _checkpoint(self, name="last.pt"):
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_torch_save({"model": self.model.state_dict(), "rule": self.rule.state_dict(), "state": self.state,
+                            "config": self.cfg.to_dict()}, self.ckpt_dir / name)
+
+    def _load(self, path):
+        ck = torch.load(path, map_location=self.device, weights_only=False)
+        if ck["config"] != self.cfg.to_dict():
+            raise TrainingError(f"{path} was written with a different config; resume with the same config file "
+                                "or start a new run")
+        self.model.load_state_dict(ck["model"])
+        self.rule.load_state_dict(ck["rule"])
+        self.state = ck["state"]
+        self.log(f"resumed from {path}: epoch {self.state['epoch'] + 1}, step {self.state['step_in_epoch']}")
+
+    # -- evaluation -------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, x, y, batch_size=128, keep_mean_intensity=False):
+        """Loss, accuracy, predictions and (optionally) mean output intensity per class."""
+        losses, preds = [], []
+        C = self.model.design.n_classes
+        mean_int = np.zeros((C,) + self.model.design.layer_shape) if keep_mean_intensity else None
+        for a in range(0, len(x), batch_size):
+            xb = torch.from_numpy(x[a:a + batch_size]).to(self.device)
+            yb = torch.from_numpy(y[a:a + batch_size]).to(self.device)
+            inten = self.model(xb)
+            loss, logits = detector_loss(self.model.readout(inten), inten, yb, self.model.score_matrix,
+                                         self.cfg.trainer.loss, self.cfg.trainer.temperature)
+            losses.append(float(loss) * len(xb))
+            preds.append(logits.argmax(1).cpu().numpy())
+            if keep_mean_intensity:
+                inten = inten.cpu().numpy()
+                for c in range(C):
+                    sel = y[a:a + batch_size] == c
+                    if sel.any():
+                        mean_int[c] += inten[sel].sum(0)
+        preds = np.concatenate(preds) if preds else np.zeros(0, np.int64)
+        out = {"loss": sum(losses) / max(1, len(x)), "accuracy": float(np.mean(preds == y)) if len(y) else float("nan"),
+               "predictions": preds}
+        if keep_mean_intensity:
+            counts = np.bincount(y, minlength=C).reshape(-1, 1, 1)
+            out["mean_intensity"] = mean_int / np.maximum(counts, 1)
+        return out
+
+    # -- the loop ---------------------------------------------------------------------
+    def run(self):
+        cfg, st = self.cfg, self.state
+        bs, epochs = cfg.trainer.batch_size, cfg.trainer.epochs
+        n = len(self.train_x)
+        if n < bs:
+            raise TrainingError(f"the training split has {n} images, fewer than trainer.batch_size = {bs}")
+        self.log(f"training {cfg.name}: {cfg.trainer.rule}, {epochs} epochs x {self.steps_per_epoch} steps of {bs}, "
+                 f"{n} train / {len(self.val_x)} validation images, grid {self.design0.layer_shape}, "
+                 f"{self.design0.n_layers} layers, device {self.device}")
+        steps_done_here = 0
+        while st["epoch"] < epochs:
+            epoch = st["epoch"]
+            order = np.random.default_rng([cfg.trainer.seed, epoch]).permutation(n)
+            prog = _Progress(self.steps_per_epoch * bs, f"epoch {epoch + 1}/{epochs}")
+            prog.update(st["step_in_epoch"] * bs)
+            t_epoch = time.perf_counter()
+            while st["step_in_epoch"] < self.steps_per_epoch:
+                s = st["step_in_epoch"]
+                idx = order[s * bs:(s + 1) * bs]
+                xb = torch.from_numpy(self.train_x[idx]).to(self.device)
+                yb = torch.from_numpy(self.train_y[idx]).to(self.device)
+                loss, logits = self.rule.step(xb, yb)
+                st["sums"][0] += loss * len(idx)
+                st["sums"][1] += int((logits.argmax(1) == yb).sum())
+                st["sums"][2] += len(idx)
+                st["step_in_epoch"] += 1
+                st["global_step"] += 1
+                steps_done_here += 1
+                prog.update(len(idx), loss=f"{loss:.4f}", acc=f"{st['sums'][1] / st['sums'][2]:.3f}")
+                if st["step_in_epoch"] % cfg.trainer.checkpoint_every == 0:
+                    st["train_seconds"] += time.perf_counter() - t_epoch
+                    t_epoch = time.perf_counter()
+                    self._checkpoint()
+                if self.stop_after_steps is not None and steps_done_here >= self.stop_after_steps:
+                    prog.close()
+                    return None  # simulated interruption (tests)
+            prog.close()
+            st["train_seconds"] += time.perf_counter() - t_epoch
+            val = self.evaluate(self.val_x, self.val_y)
+            row = {"epoch": epoch + 1, "train_loss": st["sums"][0] / st["sums"][2],
+                   "train_accuracy": st["sums"][1] / st["sums"][2], "val_loss": val["loss"],
+                   "val_accuracy": val["accuracy"], "learning_rate": getattr(self.rule, "learning_rate", None),
+                   "train_seconds": st["train_seconds"]}
+            st["history"].append(row)
+            self.log(f"epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f} acc {100 * row['train_accuracy']:.2f} %"
+                     f" | validation loss {val['loss']:.4f} acc {100 * val['accuracy']:.2f} %")
+            st["epoch"] += 1
+            st["step_in_epoch"] = 0
+            st["sums"] = [0.0, 0, 0]
+            if val["accuracy"] > st["best_val_accuracy"]:
+                st["best_val_accuracy"] = val["accuracy"]
+                st["best_epoch"] = epoch + 1
+                self._checkpoint("best.pt")
+            self._checkpoint()
+        return self.finish()
+
+    def finish(self):
+        """Load the best checkpoint (by validation accuracy), test it once, write the design folder."""
+        best = self.ckpt_dir / "best.pt"
+        if best.exists():
+            self.model.load_state_dict(torch.load(best, map_location=self.device, weights_only=False)["model"])
+        test = self.evaluate(self.test_x, self.test_y, keep_mean_intensity=True)
+        C = self.model.design.n_classes
+        conf = np.zeros((C, C), dtype=int)
+        np.add.at(conf, (self.test_y, test["predictions"]), 1)
+        st = self.state
+        metrics = {"test_accuracy": test["accuracy"], "test_n": int(len(self.test_y)),
+                   "best_val_accuracy": st["best_val_accuracy"], "best_epoch": st["best_epoch"],
+                   "epochs": len(st["history"]), "train_seconds": st["train_seconds"],
+                   "confusion": conf.tolist(), "history": st["history"]}
+        design = self.model.to_design()
+        design.provenance = {
+            "config": self.cfg.to_dict(), "config_file": self.cfg.source, "dataset": self.dataset_info,
+            "seed": self.cfg.trainer.seed, "split_seed": self.cfg.data.split_seed,
+            "val_fraction": self.cfg.data.val_fraction, "code_version": diffractive.__version__,
+            "python": platform.python_version(), "torch": torch.__version__, "started": st["started"],
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": str(self.device), "rule": self.cfg.trainer.rule}
+        design.metrics = {"test_accuracy": test["accuracy"], "test_n": int(len(self.test_y)),
+                          "best_val_accuracy": st["best_val_accuracy"], "best_epoch": st["best_epoch"]}
+        save_design(design, self.out, overwrite=True)
+        write_json_atomic(self.out / "metrics.json", metrics)
+        buf = io.StringIO()
+        if st["history"]:
+            w = csv.DictWriter(buf, fieldnames=list(st["history"][0]))
+            w.writeheader()
+            w.writerows(st["history"])
+        tmp = self.out / ".metrics.csv.tmp"
+        tmp.write_text(buf.getvalue())
+        tmp.replace(self.out / "metrics.csv")
+        fig_dir = self.out / "figures"
+        fig_dir.mkdir(exist_ok=True)
+        figures.phase_maps(design, fig_dir / "phase_maps.png")
+        figures.class_outputs(design, test["mean_intensity"], fig_dir / "class_outputs.png")
+        figures.confusion(conf, fig_dir / "confusion.png")
+        if st["history"]:
+            figures.learning_curves(st["history"], fig_dir / "learning_curves.png")
+        self.log(f"test accuracy {100 * test['accuracy']:.2f} % on {len(self.test_y)} images "
+                 f"(model of epoch {st['best_epoch']}, best validation {100 * st['best_val_accuracy']:.2f} %)")
+        self.log(f"design written to {self.out}/ (figures in {fig_dir}/)")
+        return metrics
