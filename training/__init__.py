@@ -1,0 +1,1 @@
+"""Training diffractive networks: data sets (training.datasets) and the torch-based trainer."""
