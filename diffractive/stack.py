@@ -185,7 +185,7 @@ def backward(geometry: StackGeometry, saved: ForwardResult, grad_intensity=None,
     if (grad_intensity is None) == (grad_output is None):
         raise ValueError("give exactly one of grad_intensity and grad_output")
 
-    def run(ws, sl, acc):
+    def run(ws, sl, acc, tmp=None):
         if grad_output is not None:
             ws.load(grad_output[sl])
         else:
@@ -193,7 +193,12 @@ def backward(geometry: StackGeometry, saved: ForwardResult, grad_intensity=None,
         ws.hop(eng.H_adj[L])
         for l in range(L - 1, -1, -1):
             a = ws.result()
-            acc[l] += (xp.conj(arrivals[l, sl]) * a).sum(axis=0)
+            if tmp is None:
+                acc[l] += (xp.conj(arrivals[l, sl]) * a).sum(axis=0)
+            else:  # one sample: accumulate without temporaries
+                xp.conjugate(arrivals[l, sl.start], out=tmp)
+                xp.multiply(tmp, a[0], out=tmp)
+                acc[l] += tmp
             if l == 0 and not need_input_grad:
                 break
             ws.modulate(t_conj[l])
@@ -205,8 +210,9 @@ def backward(geometry: StackGeometry, saved: ForwardResult, grad_intensity=None,
         def work(a, b):
             ws = eng.pool.per_thread()
             acc = np.zeros(t.shape, dtype=dtype)
+            tmp = np.empty(t.shape[1:], dtype=dtype)
             for i in range(a, b):
-                run(ws, slice(i, i + 1), acc)
+                run(ws, slice(i, i + 1), acc, tmp)
             return acc
         g_t = sum(run_chunks(work, B, workers))
     else:

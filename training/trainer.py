@@ -83,7 +83,7 @@ class BackpropRule:
                 raise TrainingError("the gradient holds NaN or infinite values; lower trainer.learning_rate")
         self.optimizer.step()
         self.scheduler.step()
-        return float(loss), logits.detach()
+        return float(loss.detach()), logits.detach()
 
     @property
     def learning_rate(self):
@@ -98,7 +98,7 @@ class BackpropRule:
 
 
 def check_finite(loss, max_loss):
-    value = float(loss)
+    value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
     if not math.isfinite(value) or value > max_loss:
         raise TrainingError(f"the loss became {value!r} (limit trainer.max_loss = {max_loss:g}); the run stops "
                             "and the last good checkpoint is kept; lower trainer.learning_rate")

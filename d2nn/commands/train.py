@@ -23,7 +23,7 @@ def run(args) -> int:
     import torch  # noqa: PLC0415
 
     from training.config import ConfigError, load_config  # noqa: PLC0415
-    from training.datasets import DatasetMissing  # noqa: PLC0415
+    from training.datasets import DatasetMissing, IdxFormatError  # noqa: PLC0415
     from training.trainer import Trainer, TrainingError  # noqa: PLC0415
 
     try:
@@ -40,6 +40,6 @@ def run(args) -> int:
                                 "use --device cpu")
         trainer = Trainer(cfg, args.out, resume=args.resume, force=args.force, device=args.device)
         trainer.run()
-    except (ConfigError, TrainingError, DatasetMissing) as e:
+    except (ConfigError, TrainingError, DatasetMissing, IdxFormatError) as e:
         raise UserError(str(e)) from None
     return 0
