@@ -1,0 +1,165 @@
+"""Training: bridge gradients, learning on tiny data, label-shuffle control, resume, config errors."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffractive.stack import StackGeometry
+from training.bridge import stack_intensity
+from training.config import ConfigError, load_config, parse_config
+from training.reference import TorchFFTStack
+from training.trainer import Trainer, TrainingError
+
+GEOM = StackGeometry((20, 18), 0.4e-3, 0.75e-3, (4e-3, 5e-3, 3e-3), (40, 36))
+
+
+def _loss(fn, phase, amp, fields, weights):
+    t = amp * torch.exp(1j * phase)
+    return (fn(t, fields) * weights).sum()
+
+
+def test_bridge_gradient_matches_finite_differences():
+    torch.manual_seed(0)
+    phase = torch.rand(2, 20, 18, dtype=torch.float64, requires_grad=True)
+    amp = (0.5 + 0.5 * torch.rand(2, 20, 18, dtype=torch.float64)).requires_grad_()
+    fields = torch.randn(3, 20, 18, dtype=torch.complex128)
+    weights = torch.rand(3, 20, 18, dtype=torch.float64)
+    fn = lambda t, f: stack_intensity(t, f, GEOM)  # noqa: E731
+    _loss(fn, phase, amp, fields, weights).backward()
+    rng = np.random.default_rng(0)
+    h = 1e-6
+    for param, grad in ((phase, phase.grad), (amp, amp.grad)):
+        for _ in range(6):
+            idx = (int(rng.integers(2)), int(rng.integers(20)), int(rng.integers(18)))
+            with torch.no_grad():
+                orig = param[idx].item()
+                param[idx] = orig + h
+                lp = _loss(fn, phase, amp, fields, weights).item()
+                param[idx] = orig - h
+                lm = _loss(fn, phase, amp, fields, weights).item()
+                param[idx] = orig
+            fd = (lp - lm) / (2 * h)
+            assert abs(grad[idx].item() - fd) <= 1e-6 * max(1.0, abs(fd)), (idx, grad[idx].item(), fd)
+
+
+def test_bridge_matches_plain_torch_fft():
+    torch.manual_seed(1)
+    phase = torch.rand(2, 20, 18, dtype=torch.float64, requires_grad=True)
+    fields = torch.randn(4, 20, 18, dtype=torch.complex128, requires_grad=True)
+    weights = torch.rand(4, 20, 18, dtype=torch.float64)
+    one = torch.ones(2, 20, 18, dtype=torch.float64)
+    ref = TorchFFTStack(GEOM, torch.complex128)
+    l_ref = _loss(ref, phase, one, fields, weights)
+    g_ref, gf_ref = torch.autograd.grad(l_ref, (phase, fields))
+    l_br = _loss(lambda t, f: stack_intensity(t, f, GEOM), phase, one, fields, weights)
+    g_br, gf_br = torch.autograd.grad(l_br, (phase, fields))
+    assert torch.allclose(l_br, l_ref, rtol=1e-12)
+    assert torch.allclose(g_br, g_ref, rtol=1e-9, atol=1e-12 * g_ref.abs().max())
+    assert torch.allclose(gf_br, gf_ref, rtol=1e-9, atol=1e-12 * gf_ref.abs().max())
+
+
+def _tiny_config(**trainer):
+    doc = {
+        "name": "tiny",
+        "geometry": {"layer_shape": [32, 32], "n_layers": 2, "distance_m": 8e-3, "pitch_m": 0.4e-3},
+        "input": {"size_m": [9.6e-3, 9.6e-3]},
+        "detectors": {"size_m": 1.6e-3, "spacing_m": 3.2e-3},
+        "data": {"dataset": "digits"},
+        "trainer": {"epochs": 3, "batch_size": 16, "learning_rate": 0.1, "checkpoint_every": 10, "workers": 1,
+                    **trainer},
+    }
+    return parse_config(doc)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = (d.images / 16).astype(np.float32), d.target.astype(np.int64)
+    return (x[:800], y[:800]), (x[800:1000], y[800:1000]), (x[1000:1400], y[1000:1400])
+
+
+def test_short_training_learns_and_shuffled_labels_stay_at_chance(tmp_path, digits):
+    metrics = Trainer(_tiny_config(), tmp_path / "real", data=digits, log=lambda *a: None).run()
+    assert metrics["test_accuracy"] > 0.6  # chance is 0.1
+    cfg = _tiny_config()
+    cfg.data.shuffle_labels = True
+    shuffled = Trainer(cfg, tmp_path / "shuffled", data=digits, log=lambda *a: None).run()
+    assert shuffled["test_accuracy"] < 0.22
+    for name in ("design.json", "phases.npz", "metrics.json", "metrics.csv", "figures/phase_maps.png",
+                 "figures/class_outputs.png", "figures/confusion.png", "figures/learning_curves.png"):
+        assert (tmp_path / "real" / name).is_file(), name
+
+
+def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, digits):
+    full = Trainer(_tiny_config(epochs=2), tmp_path / "full", data=digits, log=lambda *a: None)
+    full.run()
+    # interrupted after 30 steps (checkpoints every 10), then resumed in a fresh Trainer
+    part = Trainer(_tiny_config(epochs=2), tmp_path / "part", data=digits, log=lambda *a: None, stop_after_steps=35)
+    assert part.run() is None
+    resumed = Trainer(_tiny_config(epochs=2), tmp_path / "part", data=digits, log=lambda *a: None, resume=True)
+    assert resumed.state["global_step"] == 30  # the step-35 work after the last checkpoint is redone
+    resumed.run()
+    assert torch.equal(full.model.phase, resumed.model.phase)
+    assert full.state["history"] == [dict(h, train_seconds=full.state["history"][i]["train_seconds"])
+                                     for i, h in enumerate(resumed.state["history"])]
+
+
+def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, digits):
+    cfg = _tiny_config(epochs=1, learning_rate=0.1, checkpoint_every=5)
+    tr = Trainer(cfg, tmp_path / "nan", data=digits, log=lambda *a: None)
+    real_step = tr.rule.step
+    calls = {"n": 0}
+
+    def poisoned(x, y):
+        calls["n"] += 1
+        if calls["n"] == 12:
+            with torch.no_grad():
+                tr.model.phase[0, 0, 0] = float("nan")
+        return real_step(x, y)
+
+    tr.rule.step = poisoned
+    with pytest.raises(TrainingError, match="NaN|nan"):
+        tr.run()
+    ck = torch.load(tmp_path / "nan" / "checkpoints" / "last.pt", weights_only=False)
+    assert torch.isfinite(ck["model"]["phase"]).all() and ck["state"]["global_step"] == 10
+
+
+@pytest.mark.parametrize("doc, needle", [
+    ({"trainer": {"epoch": 3}}, "unknown key 'epoch'"),
+    ({"trainer": {"epochs": "3"}}, "'epochs' must be an integer"),
+    ({"geometry": {"pitch_m": -1e-3}}, "'pitch_m' must be positive"),
+    ({"detector": {}}, "unknown table '[detector]'"),
+    ({"trainer": {"loss": "hinge"}}, "'loss' must be one of"),
+    ({"data": {"dataset": "cifar"}}, "'dataset' must be one of"),
+    ({"geometry": {"n_layers": 2, "distances_m": [0.01, 0.01]}}, "n_layers + 1"),
+])
+def test_bad_config_is_refused_naming_the_key(doc, needle):
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc, source="bad.toml")
+    assert needle in str(e.value) and "bad.toml" in str(e.value)
+
+
+def test_cli_reports_bad_config_and_missing_data(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[trainer]\nepochz = 3\n")
+    out = subprocess.run([sys.executable, "-m", "d2nn", "train", str(bad), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "unknown key 'epochz'" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "o").exists()
+    cfg = tmp_path / "fm.toml"
+    cfg.write_text('[data]\ndataset = "fashion-mnist"\n')
+    env = {"D2NN_FASHION_DIR": str(tmp_path / "empty"), "PATH": "/usr/bin:/bin"}
+    (tmp_path / "empty").mkdir()
+    out = subprocess.run([sys.executable, "-m", "d2nn", "train", str(cfg), "--out", str(tmp_path / "o2")],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and "apt-get install dataset-fashion-mnist" in out.stderr, out.stderr
+
+
+def test_shipped_configs_parse():
+    for name in ("quickstart", "lin2018-fashion", "lin2018-mnist"):
+        load_config(Path(__file__).resolve().parents[1] / "designs" / f"{name}.toml")
