@@ -13,7 +13,7 @@ import sys
 
 from diffractive import __version__
 
-COMMANDS = ["simulate", "train", "export", "evaluate", "measure_sim", "info"]
+COMMANDS = ["train", "simulate", "export", "evaluate", "measure_sim"]
 
 
 def build_parser() -> argparse.ArgumentParser:
