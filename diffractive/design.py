@@ -146,7 +146,7 @@ def design_from_json(doc: dict, phases: np.ndarray, amplitudes=None, source="des
     dist = r.get(doc, "distances_m")
     if not isinstance(dist, list) or len(dist) != n_layers + 1:
         r.fail("distances_m", f"must be a list of n_layers + 1 = {n_layers + 1} distances, got {dist!r}")
-    distances = [r.number({"v": d}, "v", where=f"distances_m[{i}]/") for i, d in enumerate(dist)]
+    distances = [r.number({f"distances_m[{i}]": d}, f"distances_m[{i}]") for i, d in enumerate(dist)]
     window = r.int_pair(doc, "window_shape")
     if window[0] < layer_shape[0] or window[1] < layer_shape[1]:
         r.fail("window_shape", f"{list(window)} must be at least layer_shape {list(layer_shape)}")

@@ -133,11 +133,14 @@ def differential_layout(grid: Grid, n_classes: int = 10, size_m: float | None = 
     """A +/- detector pair per class (Li et al. 2019), in rows of up to 5 pairs.
 
     Pairs sit side by side (positive left); detectors are listed class by class,
-    positive first.
+    positive first. ``size_m`` defaults to 1/24 of the smaller grid extent and
+    ``spacing_m`` (centre to centre along a row; rows are ``2 * spacing_m`` apart) to 1.75
+    detector sizes, so a row of 10 detectors spans the central ~70 % of the plane, like
+    :func:`lin_layout`.
     """
     extent = min(grid.extent_m)
-    size_m = extent / 16 if size_m is None else positive_finite("size_m", size_m)
-    spacing_m = 2.0 * size_m if spacing_m is None else positive_finite("spacing_m", spacing_m)
+    size_m = extent / 24 if size_m is None else positive_finite("size_m", size_m)
+    spacing_m = 1.75 * size_m if spacing_m is None else positive_finite("spacing_m", spacing_m)
     per_row = min(5, n_classes)
     rows = [per_row] * (n_classes // per_row) + ([n_classes % per_row] if n_classes % per_row else [])
     cols = _row_layout([2 * r for r in rows], size_m, (spacing_m, 2 * spacing_m))
