@@ -52,7 +52,15 @@ def fft_backend_name(xp=np) -> str:
 
 
 class Workspace:
-    """Padded buffer and planned transforms for hops of a fixed geometry.
+    """Padded buffers and planned transforms for hops of a fixed geometry.
+
+    Two buffers of shape ``(b, NY, NX)``: ``inbuf`` receives the field in its top-left
+    ``(ny, nx)`` corner; its columns ``nx:`` are never written, so they stay zero, and only
+    the rows ``ny:`` of the first ``nx`` columns (dirtied by the in-place column
+    transform) are re-zeroed per hop. The row transform runs out of place into ``buf``,
+    where the product with ``H`` and the inverse transforms happen; the result is read
+    from ``buf``'s corner. This keeps per-hop zeroing to a quarter of the window with
+    2x padding.
 
     Parameters
     ----------
@@ -62,7 +70,7 @@ class Workspace:
         Padded FFT window, ``NY >= ny`` and ``NX >= nx``.
     dtype : complex dtype
     batch : int
-        Leading batch size ``b`` of the buffer (1 for the per-sample CPU path).
+        Leading batch size ``b`` of the buffers (1 for the per-sample CPU path).
     xp : numpy or cupy
     """
 
@@ -77,43 +85,43 @@ class Workspace:
         shape = (batch, self.NY, self.NX)
         self._fftw = xp is np and (HAVE_PYFFTW if use_pyfftw is None else use_pyfftw)
         if self._fftw:
+            self.inbuf = pyfftw.empty_aligned(shape, dtype=self.dtype)
             self.buf = pyfftw.empty_aligned(shape, dtype=self.dtype)
-            b, ny, nx = self.buf, self.ny, self.nx
-            cols = b[:, :, :nx]
+            a, b, nx = self.inbuf, self.buf, self.nx
+            a_cols, b_cols = a[:, :, :nx], b[:, :, :nx]
             kw = dict(flags=FFTW_FLAGS, threads=1)
-            self._fwd_cols = pyfftw.FFTW(cols, cols, axes=(1,), direction="FFTW_FORWARD", **kw)
-            self._fwd_rows = pyfftw.FFTW(b, b, axes=(2,), direction="FFTW_FORWARD", **kw)
+            self._fwd_cols = pyfftw.FFTW(a_cols, a_cols, axes=(1,), direction="FFTW_FORWARD", **kw)
+            # out of place and input-preserving (FFTW's default for c2c): inbuf's zero columns survive
+            self._fwd_rows = pyfftw.FFTW(a, b, axes=(2,), direction="FFTW_FORWARD", flags=("FFTW_MEASURE",),
+                                         threads=1)
             self._inv_rows = pyfftw.FFTW(b, b, axes=(2,), direction="FFTW_BACKWARD", normalise_idft=False, **kw)
-            self._inv_cols = pyfftw.FFTW(cols, cols, axes=(1,), direction="FFTW_BACKWARD", normalise_idft=False, **kw)
+            self._inv_cols = pyfftw.FFTW(b_cols, b_cols, axes=(1,), direction="FFTW_BACKWARD", normalise_idft=False,
+                                         **kw)
         else:
+            self.inbuf = xp.zeros(shape, dtype=self.dtype)
             self.buf = xp.zeros(shape, dtype=self.dtype)
+        self.inbuf[...] = 0  # planning with FFTW_MEASURE scribbles on the arrays
         self.buf[...] = 0
 
     # -- filling ---------------------------------------------------------------------
-    def _zero_margin(self):
-        self.buf[:, :, self.nx:] = 0
-        self.buf[:, self.ny:, : self.nx] = 0
-
     def load(self, field, multiplier=None):
-        """Write ``field`` (or ``field * multiplier``) into the corner, zeros elsewhere.
+        """Write ``field`` (or ``field * multiplier``) into the input corner, zeros elsewhere.
 
         ``field`` has shape ``(b, ny, nx)`` or ``(ny, nx)``; ``multiplier`` broadcasts.
         """
-        corner = self.buf[:, : self.ny, : self.nx]
+        corner = self.inbuf[:, : self.ny, : self.nx]
         if multiplier is None:
             corner[...] = field
         else:
             self.xp.multiply(field, multiplier, out=corner)
-        self._zero_margin()
+        self.inbuf[:, self.ny:, : self.nx] = 0
 
     def modulate(self, multiplier):
-        """Multiply the field in the corner by ``multiplier`` in place; zero the margin."""
-        corner = self.buf[:, : self.ny, : self.nx]
-        corner *= multiplier
-        self._zero_margin()
+        """Load the last result times ``multiplier`` as the next hop's input."""
+        self.load(self.result(), multiplier)
 
     def result(self):
-        """View of the field in the corner, shape ``(b, ny, nx)`` (overwritten by the next hop)."""
+        """View of the hop's result, shape ``(b, ny, nx)`` (overwritten by the next hop)."""
         return self.buf[:, : self.ny, : self.nx]
 
     # -- one hop ---------------------------------------------------------------------
@@ -123,7 +131,7 @@ class Workspace:
         ``transfer`` must already contain the ``1/(NY*NX)`` normalisation of the
         inverse transform.
         """
-        b, nx = self.buf, self.nx
+        a, b, nx = self.inbuf, self.buf, self.nx
         if self._fftw:
             # execute() skips the argument handling of FFTW.__call__ (measurable per hop)
             self._fwd_cols.execute()
@@ -135,15 +143,15 @@ class Workspace:
         if self.xp is np:
             import scipy.fft as sfft  # noqa: PLC0415
 
-            b[:, :, :nx] = sfft.fft(b[:, :, :nx], axis=1, overwrite_x=True)
-            b[...] = sfft.fft(b, axis=2, overwrite_x=True)
+            a[:, :, :nx] = sfft.fft(a[:, :, :nx], axis=1, overwrite_x=True)
+            b[...] = sfft.fft(a, axis=2)
             b *= transfer
             b[...] = sfft.ifft(b, axis=2, overwrite_x=True, norm="forward")
             b[:, :, :nx] = sfft.ifft(b[:, :, :nx], axis=1, overwrite_x=True, norm="forward")
             return
         fft = self.xp.fft
-        b[:, :, :nx] = fft.fft(b[:, :, :nx], axis=1)
-        b[...] = fft.fft(b, axis=2)
+        a[:, :, :nx] = fft.fft(a[:, :, :nx], axis=1)
+        b[...] = fft.fft(a, axis=2)
         b *= transfer
         b[...] = fft.ifft(b, axis=2, norm="forward")
         b[:, :, :nx] = fft.ifft(b[:, :, :nx], axis=1, norm="forward")

@@ -17,7 +17,8 @@ complex transmission ``t_l``:
 where ``u_l`` is the field arriving at layer ``l`` and ``a_l = 2 dL/dv_l*`` is the adjoint
 field just after it (obtained by propagating ``2 dL/dI * u_out`` backwards with
 ``conj(H)`` and multiplying by ``conj(t)`` at each layer). For ``t = A exp(i*phi)`` this
-gives ``dL/dphi = Im(conj(t) * g_t)`` (equivalently ``-2 Im(conj(a) v)`` with ``v = t*u``)
+gives ``dL/dphi = Im(conj(t) * g_t)`` (equivalently ``-Im(conj(a) v)`` with ``v = t*u``, i.e.
+``-2 Im(conj(dL/dv*) v)``)
 and ``dL/dA = Re(conj(g_t) * exp(i*phi))``. ``g_t`` uses PyTorch's convention for
 gradients of complex tensors, so the torch bridge passes it through unchanged.
 
@@ -119,11 +120,15 @@ class ForwardResult:
 
 
 def _check_inputs(geometry, transmissions, fields, xp):
+    from ._validate import finite_array  # noqa: PLC0415
+
     L, (ny, nx) = geometry.n_layers, geometry.layer_shape
     if transmissions.shape != (L, ny, nx):
         raise ValueError(f"transmissions must have shape {(L, ny, nx)} (layers, ny, nx), got {transmissions.shape}")
     if fields.ndim != 3 or fields.shape[1:] != (ny, nx):
         raise ValueError(f"input fields must have shape (batch, {ny}, {nx}), got {fields.shape}")
+    finite_array("transmissions", transmissions, xp)
+    finite_array("input fields", fields, xp)
 
 
 def forward(geometry: StackGeometry, transmissions, fields, *, keep_arrivals=False, workers=None) -> ForwardResult:
