@@ -1,0 +1,176 @@
+"""``d2nn measure-sim``: synthetic lab measurements of a design, with realistic imperfections."""
+from __future__ import annotations
+
+import json
+
+from . import UserError
+
+HELP = "synthetic lab data (detector powers or scans) from the simulation, with imperfections"
+DESCRIPTION = """\
+Simulate what the lab would measure on the printed stack for N test images: detector powers
+(--format csv) or raster scans of the output plane (--format scan), with detector noise, a
+spread of detector gains, a dark offset, and lateral misalignment of the layers and of the
+detector plane. The output is what 'd2nn evaluate' reads; the true imperfections go to
+OUT.truth.json (its "gains" can be passed to 'd2nn evaluate --gains'), and with --dark a dark
+measurement to OUT-dark.csv / OUT-dark.npz. Everything random comes from --seed."""
+
+EPILOG = """\
+--misalign items (repeatable; lengths in metres or with mm, um, px = design pixels):
+  detector=DX,DY   detector plane (scanner frame) displaced by (DX, DY); detector=S: random, std S
+  layers=S         every layer displaced at random, each component ~ N(0, S); layers=DX,DY: all alike
+  layerN=DX,DY     layer N (1 = nearest the input) displaced
+  rotation=A       detector plane / scan frame rotated by A degrees (or 0.01rad)
+  scale=F          true scan step = F * pitch_m recorded in the file
+example: --misalign detector=0.3mm,-0.1mm --misalign layers=50um"""
+
+
+def register(sub):
+    import argparse  # noqa: PLC0415
+
+    p = sub.add_parser("measure-sim", help=HELP, description=DESCRIPTION, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("design", help="design folder (holding design.json and phases.npz)")
+    p.add_argument("--dataset", required=True, help="fashion-mnist, mnist, digits")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="default: test")
+    p.add_argument("--samples", type=int, required=True, metavar="N",
+                   help="number of test objects (balanced over classes, chosen with --seed)")
+    p.add_argument("--noise", type=float, default=0.0, metavar="F",
+                   help="additive Gaussian detector noise, std as a fraction of the mean largest detector power "
+                        "(scan: of the mean peak pixel); default 0")
+    p.add_argument("--detector-gain-spread", type=float, default=0.0, metavar="F",
+                   help="log-normal spread of per-detector gains (0.05 = about 5 %%), csv only; default 0")
+    p.add_argument("--dark", type=float, default=0.0, metavar="F",
+                   help="dark offset, as a fraction of the same reference as --noise; also writes a dark "
+                        "measurement next to --out")
+    p.add_argument("--misalign", action="append", default=[], metavar="KEY=VALUE", help="see below; repeatable")
+    p.add_argument("--layer-shift", choices=["linear", "nearest"], default="linear",
+                   help="sub-pixel layer shifts: linear (bilinear interpolation of the complex transmission, "
+                        "default) or nearest (whole-pixel rolls)")
+    p.add_argument("--scan-pitch", default=None, metavar="LENGTH",
+                   help="scan step (default: the design pitch); e.g. 0.5mm")
+    p.add_argument("--format", required=True, choices=["csv", "scan"], dest="fmt")
+    p.add_argument("--out", required=True, metavar="FILE", help=".csv for --format csv, .npz for --format scan")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace existing output files")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+    p.set_defaults(func=run)
+
+
+def _outputs(out, fmt, dark):
+    from pathlib import Path  # noqa: PLC0415
+
+    out = Path(out)
+    want = ".csv" if fmt == "csv" else ".npz"
+    if out.suffix.lower() != want:
+        raise UserError(f"--out {out}: --format {fmt} writes a {want} file")
+    paths = {"data": out, "truth": out.with_name(out.name + ".truth.json")}
+    if dark:
+        paths["dark"] = out.with_name(out.stem + "-dark" + want)
+    return paths
+
+
+def run(args) -> int:
+    import sys  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    from diffractive.design import load_design  # noqa: PLC0415
+    from diffractive.labsim import Imperfections, choose_samples, parse_length, parse_misalign, simulate_lab  # noqa: PLC0415
+    from diffractive.measured.io import atomic_write_bytes, detector_csv_bytes, scan_npz_bytes  # noqa: PLC0415
+    from training.datasets import load_split  # noqa: PLC0415
+
+    for name in ("noise", "detector_gain_spread", "dark"):
+        v = getattr(args, name)
+        if not np.isfinite(v) or v < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be a non-negative number, got {v}")
+    if args.samples < 1:
+        raise UserError(f"--samples must be a positive integer, got {args.samples}")
+    if args.fmt == "scan" and args.detector_gain_spread:
+        raise UserError("--detector-gain-spread applies to --format csv (a scan is taken with one probe)")
+    paths = _outputs(args.out, args.fmt, args.dark > 0)
+    for p in paths.values():
+        if p.exists() and not args.force:
+            raise FileExistsError(f"{p} exists; pass --force to replace it")
+        if not p.parent.is_dir():
+            raise FileNotFoundError(f"{p.parent}: no such folder (for --out)")
+    design = load_design(args.design)
+    rng = np.random.default_rng([args.seed, 1])
+    try:
+        mis = parse_misalign(args.misalign, design.n_layers, design.pitch_m, rng)
+        scan_pitch = parse_length(args.scan_pitch, design.pitch_m) if args.scan_pitch else None
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if scan_pitch is not None and scan_pitch <= 0:
+        raise UserError(f"--scan-pitch must be positive, got {args.scan_pitch}")
+    if args.fmt == "csv" and (scan_pitch is not None or mis["scan_scale"] != 1):
+        raise UserError("--scan-pitch and --misalign scale= apply to --format scan")
+    try:
+        images, labels = load_split(args.dataset, args.split, seed=int(design.provenance.get("split_seed", 0)))
+    except ValueError as e:
+        raise UserError(f"--dataset {args.dataset}: {e}") from None
+    if int(labels.max()) >= design.n_classes:
+        raise UserError(f"{args.design} has {design.n_classes} classes but {args.dataset} has {int(labels.max()) + 1}")
+    if args.samples > len(labels):
+        raise UserError(f"--samples {args.samples}: {args.dataset}/{args.split} has only {len(labels)} images")
+    idx = choose_samples(labels, args.samples, seed=args.seed)
+    imp = Imperfections(noise=args.noise, gain_spread=args.detector_gain_spread, dark=args.dark,
+                        detector_offset_m=mis["detector_offset_m"], detector_rotation_rad=mis["detector_rotation_rad"],
+                        scan_scale=mis["scan_scale"], layer_offsets_m=mis["layer_offsets_m"],
+                        layer_shift=args.layer_shift)
+    progress = None
+    if not args.json and sys.stderr.isatty():
+        from tqdm import tqdm  # noqa: PLC0415
+
+        bar = tqdm(total=len(idx), unit="img", desc="measure-sim", leave=False)
+        progress = lambda n: bar.update(n - bar.n)  # noqa: E731
+    fmt = "detectors" if args.fmt == "csv" else "scan"
+    lab = simulate_lab(design, images[idx], labels[idx], imperfections=imp, fmt=fmt, inputs=idx,
+                       scan_pitch_m=scan_pitch, seed=args.seed, progress=progress)
+    truth = dict(lab.truth, design=str(args.design), dataset=args.dataset, split=args.split,
+                 files={k: str(v) for k, v in paths.items()})
+    note = (f"d2nn measure-sim {args.design}: {args.dataset}/{args.split}, seed {args.seed}, noise {args.noise}, "
+            f"gain spread {args.detector_gain_spread}, dark {args.dark}; truth in {paths['truth'].name}")
+    if fmt == "detectors":
+        data = detector_csv_bytes(lab.powers, lab.labels, lab.sample_ids, inputs=idx, comments=[note])
+        dark = detector_csv_bytes(lab.dark, sample_ids=[f"dark{i}" for i in range(len(lab.dark))],
+                                  comments=["dark measurement for " + paths["data"].name]) if lab.dark is not None else None
+    else:
+        data = scan_npz_bytes(lab.intensity, lab.pitch_m, lab.labels, lab.origin_m, inputs=idx)
+        dark = scan_npz_bytes(lab.dark, lab.pitch_m) if lab.dark is not None else None
+    # everything is computed; now write (data last is not needed: each file is atomic)
+    if dark is not None:
+        atomic_write_bytes(paths["dark"], dark, overwrite=args.force)
+    atomic_write_bytes(paths["truth"], (json.dumps(truth, indent=1) + "\n").encode(), overwrite=args.force)
+    atomic_write_bytes(paths["data"], data, overwrite=args.force)
+
+    if args.json:
+        print(json.dumps({"out": str(paths["data"]), "truth": str(paths["truth"]),
+                          "dark": str(paths["dark"]) if "dark" in paths else None, "n": len(idx), **{
+                              k: truth[k] for k in ("format", "gains", "detector_offset_m", "layer_offsets_m",
+                                                    "detector_rotation_rad", "scan_scale")}}))
+        return 0
+    what = "detector powers" if fmt == "detectors" else (
+        f"scans of {lab.intensity.shape[1]} x {lab.intensity.shape[2]} pixels at {1e3 * lab.pitch_m:.4g} mm")
+    print(f"wrote {paths['data']}: {len(idx)} samples of {args.dataset}/{args.split} ({what}), "
+          f"{len(design.detectors)} detectors")
+    print(f"  noise        {args.noise:g} x reference level {truth['reference_level']:.4g} (additive Gaussian)")
+    if fmt == "detectors":
+        g = np.asarray(truth["gains"])
+        print(f"  gains        spread {args.detector_gain_spread:g}: {g.min():.3f} ... {g.max():.3f}")
+    lo = np.asarray(truth["layer_offsets_m"]) * 1e3
+    if np.any(lo):
+        print("  layers       offsets (mm) " + ", ".join(f"{l + 1}: ({x:+.3f}, {y:+.3f})" for l, (x, y) in enumerate(lo))
+              + f" [{args.layer_shift}]")
+    dx, dy = truth["detector_offset_m"]
+    if dx or dy or truth["detector_rotation_rad"] or truth["scan_scale"] != 1:
+        print(f"  detector     offset ({1e3 * dx:+.3f}, {1e3 * dy:+.3f}) mm, rotation "
+              f"{np.degrees(truth['detector_rotation_rad']):+.3f} deg, scale {truth['scan_scale']:g}")
+    if "noiseless_predictions" in truth:
+        acc = float(np.mean(np.asarray(truth["noiseless_predictions"]) == lab.labels))
+        print(f"  noiseless    accuracy of the misaligned stack before noise: {100 * acc:.1f} %")
+    if "dark" in paths:
+        print(f"  dark         {paths['dark']} (pass it as --background)")
+    print(f"  truth        {paths['truth']}")
+    print(f"next: d2nn evaluate {args.design} --measured {paths['data']}"
+          + (f" --background {paths['dark']}" if "dark" in paths else "") + " --report DIR")
+    return 0

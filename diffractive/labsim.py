@@ -1,0 +1,355 @@
+"""Synthetic "lab" measurements of a design: the simulation with a printed stack's imperfections.
+
+For tests of :mod:`diffractive.measured` and for planning tolerances (``d2nn measure-sim``).
+What it models, all optional and seeded:
+
+* **Lateral misalignment of layers.** Layer ``l`` displaced by ``d_l`` in its plane has
+  transmission ``t_l(r - d_l)``. ``layer_shift="linear"`` (default) interpolates the
+  complex transmission bilinearly at the sub-pixel position (a simulation pixel then sees
+  the area-weighted mix of the printed pixels it straddles, to first order);
+  ``"nearest"`` rounds each offset to whole pixels and rolls the map (exact for a
+  piecewise-constant print moved by whole pixels). Pixels uncovered at the edge become
+  opaque (0), consistent with the opaque-aperture model of :mod:`diffractive.stack`.
+* **Misalignment of the detector plane / scanner frame.** The detectors (or the scan
+  grid) sit at design-frame points ``r = offset + scale * R(rotation) @ x`` instead of
+  ``x`` — the transform of :class:`diffractive.measured.registration.Registration`. The
+  complex output field is sampled there by band-limited (trigonometric) interpolation of
+  the field zero-padded to twice its size (separable points; exact at whole-pixel
+  offsets), or, for rotated points, by cubic splines on the field upsampled 4x that way.
+* **Per-detector gain spread** (detector-power format only): ``gain_k = exp(spread * z_k)``,
+  ``z_k ~ N(0, 1)``, normalised to mean 1.
+* **Dark offset**: a constant per detector (per scan pixel) of ``dark * ref * U(0.5, 1.5)``.
+* **Detector noise**: additive Gaussian, standard deviation ``noise * ref``, where ``ref``
+  is the mean over samples of the largest (gain-scaled) detector power, or for scans the
+  mean peak pixel intensity. Readings can therefore come out slightly negative.
+
+A reading is ``gain * P + dark + noise``; :class:`LabData` keeps the true values.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .detectors import detector_masks, readout
+from .measured.io import centred_origin
+from .measured.registration import Registration
+from .simulate import design_transmissions, input_fields
+from .stack import forward
+
+LAYER_SHIFTS = ("linear", "nearest")
+
+
+@dataclass
+class Imperfections:
+    """What is wrong with the printed, assembled and measured stack (lengths in metres)."""
+
+    noise: float = 0.0
+    gain_spread: float = 0.0
+    dark: float = 0.0
+    detector_offset_m: tuple = (0.0, 0.0)
+    detector_rotation_rad: float = 0.0
+    scan_scale: float = 1.0
+    layer_offsets_m: np.ndarray | None = None
+    layer_shift: str = "linear"
+
+    def __post_init__(self):
+        for name in ("noise", "gain_spread", "dark"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a non-negative number, got {v!r}")
+        if not (math.isfinite(self.scan_scale) and self.scan_scale > 0):
+            raise ValueError(f"scan scale must be a positive number, got {self.scan_scale!r}")
+        if self.layer_shift not in LAYER_SHIFTS:
+            raise ValueError(f"layer_shift must be one of {LAYER_SHIFTS}, got {self.layer_shift!r}")
+
+    @property
+    def registration(self) -> Registration:
+        return Registration(offset_m=tuple(float(v) for v in self.detector_offset_m),
+                            rotation_rad=float(self.detector_rotation_rad), scale=float(self.scan_scale))
+
+    def detector_is_ideal(self) -> bool:
+        return tuple(self.detector_offset_m) == (0.0, 0.0) and self.detector_rotation_rad == 0 and self.scan_scale == 1
+
+
+@dataclass
+class LabData:
+    """Synthetic measurement: ``kind`` "detectors" (``powers`` (N, K)) or "scan" (``intensity`` (N, H, W))."""
+
+    kind: str
+    labels: np.ndarray
+    inputs: np.ndarray | None
+    sample_ids: list
+    powers: np.ndarray | None = None
+    intensity: np.ndarray | None = None
+    pitch_m: float | None = None
+    origin_m: tuple | None = None
+    dark: np.ndarray | None = None
+    noiseless_powers: np.ndarray | None = None
+    truth: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- parsing helpers
+_UNITS = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6}
+
+
+def parse_length(text: str, pitch_m: float) -> float:
+    """A length: a number in metres, or with a unit ``m``, ``mm``, ``um`` or ``px`` (design pixels)."""
+    t = text.strip().lower()
+    m = re.fullmatch(r"([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\s*(m|mm|um|µm|px)?", t)
+    if not m:
+        raise ValueError(f"{text!r} is not a length (a number in metres, or with mm, um or px)")
+    v = float(m.group(1))
+    unit = m.group(2) or "m"
+    return v * (pitch_m if unit == "px" else _UNITS[unit])
+
+
+def parse_angle(text: str) -> float:
+    """An angle in degrees (``0.5`` or ``0.5deg``) or radians (``0.01rad``); returns radians."""
+    t = text.strip().lower()
+    m = re.fullmatch(r"([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\s*(deg|rad)?", t)
+    if not m:
+        raise ValueError(f"{text!r} is not an angle (degrees, or with deg or rad)")
+    v = float(m.group(1))
+    return v if m.group(2) == "rad" else math.radians(v)
+
+
+def parse_misalign(specs, n_layers: int, pitch_m: float, rng) -> dict:
+    """Parse ``--misalign`` items into ``detector_offset_m``, ``detector_rotation_rad``,
+    ``scan_scale`` and ``layer_offsets_m`` (L, 2).
+
+    Items (lengths as in :func:`parse_length`):
+    ``detector=DX,DY`` (or ``detector=S``: random, each component ~ N(0, S)),
+    ``layers=S`` (each layer random, components ~ N(0, S)) or ``layers=DX,DY`` (all layers),
+    ``layerN=DX,DY`` (layer N, counted from 1 at the input), ``rotation=ANGLE`` (detector
+    plane / scan frame, degrees), ``scale=F`` (true scan step / recorded pitch_m).
+    """
+    out = {"detector_offset_m": (0.0, 0.0), "detector_rotation_rad": 0.0, "scan_scale": 1.0,
+           "layer_offsets_m": np.zeros((n_layers, 2))}
+
+    def pair_or_sigma(key, value):
+        parts = [p for p in value.split(",")]
+        if len(parts) == 1:
+            s = parse_length(parts[0], pitch_m)
+            if s < 0:
+                raise ValueError(f"--misalign {key}={value}: a single value is a standard deviation and must be >= 0")
+            return None, s
+        if len(parts) != 2:
+            raise ValueError(f"--misalign {key}={value}: give DX,DY or a single standard deviation")
+        return (parse_length(parts[0], pitch_m), parse_length(parts[1], pitch_m)), None
+
+    for spec in specs or []:
+        if "=" not in spec:
+            raise ValueError(f"--misalign {spec!r}: expected KEY=VALUE (detector=, layers=, layerN=, rotation=, scale=)")
+        key, value = (s.strip() for s in spec.split("=", 1))
+        key = key.lower()
+        try:
+            if key == "detector":
+                pair, sigma = pair_or_sigma(key, value)
+                out["detector_offset_m"] = pair if pair else tuple(float(v) for v in rng.normal(0, sigma, 2))
+            elif key == "layers":
+                pair, sigma = pair_or_sigma(key, value)
+                out["layer_offsets_m"] = (np.tile(pair, (n_layers, 1)) if pair
+                                          else rng.normal(0, sigma, (n_layers, 2)))
+            elif re.fullmatch(r"layer\d+", key):
+                n = int(key[5:])
+                if not 1 <= n <= n_layers:
+                    raise ValueError(f"--misalign {spec}: the design has layers 1 ... {n_layers}")
+                pair, sigma = pair_or_sigma(key, value)
+                out["layer_offsets_m"][n - 1] = pair if pair else rng.normal(0, sigma, 2)
+            elif key == "rotation":
+                out["detector_rotation_rad"] = parse_angle(value)
+            elif key == "scale":
+                s = float(value)
+                if not (math.isfinite(s) and s > 0):
+                    raise ValueError(f"--misalign scale={value}: must be a positive number")
+                out["scan_scale"] = s
+            else:
+                raise ValueError(f"--misalign {spec!r}: unknown key {key!r} (detector, layers, layerN, rotation, scale)")
+        except ValueError as e:
+            msg = str(e)
+            raise ValueError(msg if msg.startswith("--misalign") else f"--misalign {spec}: {msg}") from None
+    return out
+
+
+def choose_samples(labels, n: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``n`` samples, balanced over classes (round robin over a seeded shuffle of each class)."""
+    labels = np.asarray(labels)
+    if n > len(labels):
+        raise ValueError(f"asked for {n} samples but the split has only {len(labels)}")
+    rng = np.random.default_rng(seed)
+    pools = [list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)]
+    out = []
+    while len(out) < n:
+        for pool in pools:
+            if pool and len(out) < n:
+                out.append(int(pool.pop(0)))
+    return np.asarray(out, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- optics helpers
+def shift_layers(transmissions, offsets_m, pitch_m: float, mode: str = "linear") -> np.ndarray:
+    """Transmissions (L, ny, nx) of layers displaced by ``offsets_m`` (L, 2) = (dx, dy) each.
+
+    ``t'(r) = t(r - d)``; see the module docstring for ``mode``. Uncovered pixels are 0.
+    """
+    from scipy import ndimage  # noqa: PLC0415
+
+    t = np.asarray(transmissions)
+    offsets = np.asarray(offsets_m, dtype=np.float64).reshape(t.shape[0], 2)
+    out = np.empty_like(t)
+    for l in range(t.shape[0]):
+        sh = (offsets[l, 1] / pitch_m, offsets[l, 0] / pitch_m)  # rows (y), columns (x)
+        if sh == (0.0, 0.0):
+            out[l] = t[l]
+            continue
+        if mode == "nearest":
+            sh, order = (float(round(sh[0])), float(round(sh[1]))), 0
+        elif mode == "linear":
+            order = 1
+        else:
+            raise ValueError(f"mode must be one of {LAYER_SHIFTS}, got {mode!r}")
+        re_ = ndimage.shift(t[l].real.astype(np.float64), sh, order=order, mode="constant", cval=0.0)
+        im_ = ndimage.shift(t[l].imag.astype(np.float64), sh, order=order, mode="constant", cval=0.0)
+        out[l] = (re_ + 1j * im_).astype(t.dtype)
+    return out
+
+
+def _dft_matrix(pos, n_pad):
+    f = np.fft.fftfreq(n_pad)
+    return np.exp(2j * np.pi * np.outer(pos, f)) / n_pad
+
+
+def sample_output(fields, pitch_m: float, X, Y) -> np.ndarray:
+    """Complex fields (B, ny, nx) on the design grid sampled at design-frame points ``X, Y`` (H, W).
+
+    Band-limited interpolation (see module docstring); points outside the grid get ~0.
+    """
+    fields = np.asarray(fields)
+    B, ny, nx = fields.shape
+    X, Y = np.asarray(X, dtype=np.float64), np.asarray(Y, dtype=np.float64)
+    rows = Y / pitch_m + (ny - 1) / 2
+    cols = X / pitch_m + (nx - 1) / 2
+    Py, Px = 2 * ny, 2 * nx
+    separable = np.allclose(rows, rows[:, :1], atol=1e-12, rtol=0) and np.allclose(cols, cols[:1, :], atol=1e-12, rtol=0)
+    out = np.empty((B,) + X.shape, dtype=np.complex128)
+    if separable:
+        Ey, Ex = _dft_matrix(rows[:, 0], Py), _dft_matrix(cols[0, :], Px)
+        for b in range(B):
+            U = np.fft.fft2(fields[b].astype(np.complex128), s=(Py, Px))
+            out[b] = Ey @ U @ Ex.T
+        return out
+    from scipy import ndimage  # noqa: PLC0415
+
+    up = 4
+    fy = np.arange(-up, up * (ny + 1)) / up  # fine grid, fractional row indices -1 ... ny
+    fx = np.arange(-up, up * (nx + 1)) / up
+    Ey, Ex = _dft_matrix(fy, Py), _dft_matrix(fx, Px)
+    fr, fc = (rows + 1) * up, (cols + 1) * up
+    for b in range(B):
+        U = np.fft.fft2(fields[b].astype(np.complex128), s=(Py, Px))
+        fine = Ey @ U @ Ex.T
+        re_ = ndimage.map_coordinates(fine.real, [fr, fc], order=3, mode="constant", cval=0.0)
+        im_ = ndimage.map_coordinates(fine.imag, [fr, fc], order=3, mode="constant", cval=0.0)
+        out[b] = re_ + 1j * im_
+    return out
+
+
+# --------------------------------------------------------------------------- the lab
+def simulate_lab(design, images, labels, *, imperfections: Imperfections | None = None, fmt: str = "detectors",
+                 inputs=None, scan_pitch_m: float | None = None, scan_shape=None, seed: int = 0, n_dark: int = 8,
+                 batch_size: int = 64, progress=None) -> LabData:
+    """Synthetic measurement of ``images`` (N, h, w) through ``design`` with ``imperfections``.
+
+    ``fmt``: ``"detectors"`` (powers, as in a detector CSV) or ``"scan"`` (raster scans of
+    the output plane at ``scan_pitch_m``, default the design pitch, of ``scan_shape``,
+    default covering the output plane, centred on the nominal axis). Everything random
+    comes from ``seed``. Without imperfections, detector powers equal those of
+    :func:`diffractive.simulate.simulate` and a scan at the design pitch is the simulated
+    output intensity.
+    """
+    imp = imperfections or Imperfections()
+    if fmt not in ("detectors", "scan"):
+        raise ValueError(f"fmt must be 'detectors' or 'scan', got {fmt!r}")
+    if fmt == "scan" and imp.gain_spread:
+        raise ValueError("a detector gain spread applies to the detector-power format only (a scan has one probe)")
+    images = np.asarray(images, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(images)
+    rng = np.random.default_rng(seed)
+    grid = design.grid
+    L = design.n_layers
+    layer_off = np.zeros((L, 2)) if imp.layer_offsets_m is None else np.asarray(imp.layer_offsets_m, dtype=np.float64)
+    if layer_off.shape != (L, 2):
+        raise ValueError(f"layer offsets must have shape ({L}, 2), got {layer_off.shape}")
+    t = design_transmissions(design, np)
+    if np.any(layer_off != 0):
+        t = shift_layers(t, layer_off, design.pitch_m, imp.layer_shift)
+    reg = imp.registration
+    masks = detector_masks(design.detectors, grid, np)
+    if fmt == "scan":
+        p_s = design.pitch_m if scan_pitch_m is None else float(scan_pitch_m)
+        if scan_shape is None:
+            scan_shape = (max(2, int(math.floor(grid.extent_m[0] / p_s + 1e-9))),
+                          max(2, int(math.floor(grid.extent_m[1] / p_s + 1e-9))))
+        origin = centred_origin(scan_shape, p_s)
+        xs = origin[0] + np.arange(scan_shape[1]) * p_s
+        ys = origin[1] + np.arange(scan_shape[0]) * p_s
+        identity = imp.detector_is_ideal() and math.isclose(p_s, design.pitch_m) and tuple(scan_shape) == grid.shape
+    else:
+        xs, ys = grid.x_m(), grid.y_m()
+        identity = imp.detector_is_ideal()
+    Xs, Ys = np.meshgrid(xs, ys)
+    Xd, Yd = reg.to_design(Xs, Ys)
+
+    powers, totals, intens = [], [], []
+    for a in range(0, n, batch_size):
+        fields = input_fields(design, images[a:a + batch_size], np)
+        out = forward(design.geometry, t, fields).output
+        if not identity:
+            out = sample_output(out, design.pitch_m, Xd, Yd)
+        inten = out.real ** 2 + out.imag ** 2
+        if fmt == "detectors":
+            powers.append(np.asarray(readout(inten, masks), dtype=np.float64))
+            totals.append(inten.sum(axis=(-2, -1)).astype(np.float64))
+        else:
+            intens.append(inten.astype(np.float64))
+        if progress is not None:
+            progress(min(n, a + batch_size))
+
+    ids = [f"s{i:04d}" for i in range(n)]
+    truth = {"schema": "d2nn.labsim/1", "format": "csv" if fmt == "detectors" else "scan", "seed": int(seed), "n": n,
+             "noise": imp.noise, "gain_spread": imp.gain_spread, "dark": imp.dark,
+             "detector_offset_m": [float(v) for v in imp.detector_offset_m],
+             "detector_rotation_rad": float(imp.detector_rotation_rad), "scan_scale": float(imp.scan_scale),
+             "layer_offsets_m": layer_off.tolist(), "layer_shift": imp.layer_shift,
+             "labels": labels.tolist(), "inputs": None if inputs is None else [int(v) for v in inputs]}
+    from .detectors import class_scores  # noqa: PLC0415
+
+    if fmt == "detectors":
+        P = np.concatenate(powers) if powers else np.zeros((0, len(design.detectors)))
+        K = P.shape[1]
+        z = rng.normal(0, 1, K)
+        gains = np.exp(imp.gain_spread * z)
+        gains = gains / gains.mean()
+        clean = P * gains
+        ref = float(np.mean(clean.max(axis=1))) if n else 0.0
+        dark_level = imp.dark * ref * rng.uniform(0.5, 1.5, K)
+        meas = clean + dark_level + imp.noise * ref * rng.normal(0, 1, clean.shape)
+        dark = dark_level + imp.noise * ref * rng.normal(0, 1, (n_dark, K)) if imp.dark > 0 else None
+        pred = np.argmax(class_scores(P, design.detectors, design.n_classes), axis=1)
+        truth.update({"gains": gains.tolist(), "reference_level": ref, "dark_level": dark_level.tolist(),
+                      "noiseless_predictions": pred.tolist(),
+                      "noiseless_power_on_detectors": (P.sum(1) / np.maximum(np.concatenate(totals), 1e-300)).tolist()})
+        return LabData("detectors", labels, inputs, ids, powers=meas, dark=dark, noiseless_powers=P, truth=truth)
+
+    I = np.concatenate(intens) if intens else np.zeros((0,) + tuple(scan_shape))
+    ref = float(np.mean(I.max(axis=(1, 2)))) if n else 0.0
+    dark_level = imp.dark * ref * rng.uniform(0.5, 1.5, I.shape[1:])
+    meas = I + dark_level + imp.noise * ref * rng.normal(0, 1, I.shape)
+    dark = (dark_level + imp.noise * ref * rng.normal(0, 1, (n_dark,) + I.shape[1:])) if imp.dark > 0 else None
+    truth.update({"gains": [1.0] * len(design.detectors), "reference_level": ref, "scan_pitch_m": p_s,
+                  "scan_shape": list(scan_shape), "origin_m": list(origin)})
+    return LabData("scan", labels, inputs, ids, intensity=meas, pitch_m=p_s, origin_m=origin, dark=dark, truth=truth)

@@ -1,0 +1,83 @@
+"""Calibration of detector readings: background, per-detector gains, gain fitting.
+
+Model of a reading: ``measured[n, k] = scale * gain[k] * true[n, k] + background[k] + noise``.
+``background`` comes from a dark measurement and is subtracted; ``gain`` either comes from
+a calibration file (applied: ``corrected = (measured - background) / gain``) or is fitted
+by least squares against the simulated powers of the same inputs.
+
+The overall ``scale`` (source power, detector units) cannot be separated from the gains
+by any measurement of ratios, so fitted gains are reported relative to their mean
+(mean 1) and the mean is reported as ``scale`` (measured units per simulated unit).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class GainFit:
+    """Least-squares per-detector gains: ``measured[:, k] ~ scale * gains[k] * simulated[:, k]``.
+
+    ``gains`` (K,) have mean 1 over the detectors that could be fitted (``None``-like NaN
+    where a detector received too little simulated power to fit); ``stderr`` (K,) are their
+    standard errors from the residuals; ``rms_relative_residual`` is the rms residual of
+    the fit divided by the rms measured power.
+    """
+
+    gains: np.ndarray
+    stderr: np.ndarray
+    scale: float
+    rms_relative_residual: float
+    n: int
+
+    def to_json(self) -> dict:
+        def clean(a):
+            return [None if not np.isfinite(v) else float(v) for v in a]
+        return {"gains": clean(self.gains), "stderr": clean(self.stderr), "scale": float(self.scale),
+                "rms_relative_residual": float(self.rms_relative_residual), "n": self.n}
+
+
+def subtract_background(values, background):
+    """``values - background`` (background broadcast over samples); negatives are kept."""
+    if background is None:
+        return np.asarray(values, dtype=np.float64)
+    return np.asarray(values, dtype=np.float64) - np.asarray(background, dtype=np.float64)
+
+
+def apply_gains(powers, gains):
+    """Divide each detector's readings by its gain (gains (K,), positive)."""
+    if gains is None:
+        return np.asarray(powers, dtype=np.float64)
+    return np.asarray(powers, dtype=np.float64) / np.asarray(gains, dtype=np.float64)
+
+
+def fit_gains(measured, simulated, *, min_signal=1e-6) -> GainFit:
+    """Fit per-detector gains by least squares through the origin, detector by detector.
+
+    ``gain_k = sum_n m[n,k] s[n,k] / sum_n s[n,k]^2``. A detector whose simulated power is
+    below ``min_signal`` times the largest detector's (summed over samples) is not fitted
+    (NaN). Needs at least 2 samples.
+    """
+    m = np.asarray(measured, dtype=np.float64)
+    s = np.asarray(simulated, dtype=np.float64)
+    if m.shape != s.shape or m.ndim != 2:
+        raise ValueError(f"measured {m.shape} and simulated {s.shape} powers must both be (N, K)")
+    n, k = m.shape
+    if n < 2:
+        raise ValueError("fitting gains needs at least 2 samples")
+    ss = (s * s).sum(axis=0)
+    ok = ss > min_signal * ss.max() if ss.max() > 0 else np.zeros(k, bool)
+    beta = np.full(k, np.nan)
+    se = np.full(k, np.nan)
+    beta[ok] = (m[:, ok] * s[:, ok]).sum(axis=0) / ss[ok]
+    resid = m[:, ok] - beta[ok] * s[:, ok]
+    sigma2 = (resid ** 2).sum(axis=0) / max(n - 1, 1)
+    se[ok] = np.sqrt(sigma2 / ss[ok])
+    scale = float(np.mean(beta[ok])) if ok.any() else float("nan")
+    gains = beta / scale
+    stderr = se / abs(scale)
+    rms_m = np.sqrt(np.mean(m[:, ok] ** 2)) if ok.any() else 0.0
+    rel = float(np.sqrt(np.mean(resid ** 2)) / rms_m) if rms_m > 0 else float("nan")
+    return GainFit(gains=gains, stderr=stderr, scale=scale, rms_relative_residual=rel, n=n)
