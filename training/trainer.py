@@ -104,6 +104,12 @@ def check_finite(loss, max_loss):
                             "and the last good checkpoint is kept; lower trainer.learning_rate")
 
 
+def _is_writer():
+    """False on ranks other than 0 of a torch.distributed job: only rank 0 writes files and logs."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def make_rule(model, cfg, steps_per_epoch):
     if cfg.trainer.rule == "backprop":
         return BackpropRule(model, cfg, steps_per_epoch)
@@ -195,6 +201,8 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------
     def _checkpoint(self, name="last.pt"):
+        if not _is_writer():
+            return
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         _atomic_torch_save({"model": self.model.state_dict(), "rule": self.rule.state_dict(), "state": self.state,
                             "config": self.cfg.to_dict()}, self.ckpt_dir / name)
@@ -209,6 +217,12 @@ class Trainer:
         self.state = ck["state"]
         self.log(f"resumed from {path}: epoch {self.state['epoch'] + 1}, step {self.state['step_in_epoch']}")
 
+    def _check_parameters(self):
+        for name, p in self.model.named_parameters():
+            if not torch.isfinite(p).all():
+                raise TrainingError(f"the parameter '{name}' holds NaN or infinite values; the run stops and the "
+                                    "last good checkpoint is kept; lower trainer.learning_rate")
+
     # -- evaluation -------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, x, y, batch_size=128, keep_mean_intensity=False):
@@ -216,10 +230,12 @@ class Trainer:
         losses, preds = [], []
         C = self.model.design.n_classes
         mean_int = np.zeros((C,) + self.model.design.layer_shape) if keep_mean_intensity else None
+        # a rule may evaluate on other optics than the model's (physics-aware training: the "physical" stack)
+        forward = getattr(self.rule, "evaluation_forward", None) or self.model
         for a in range(0, len(x), batch_size):
             xb = torch.from_numpy(x[a:a + batch_size]).to(self.device)
             yb = torch.from_numpy(y[a:a + batch_size]).to(self.device)
-            inten = self.model(xb)
+            inten = forward(xb)
             loss, logits = detector_loss(self.model.readout(inten), inten, yb, self.model.score_matrix,
                                          self.cfg.trainer.loss, self.cfg.trainer.temperature)
             losses.append(float(loss) * len(xb))
@@ -242,6 +258,8 @@ class Trainer:
     def run(self):
         cfg, st = self.cfg, self.state
         bs, epochs = cfg.trainer.batch_size, cfg.trainer.epochs
+        if not _is_writer():  # other ranks of a torchrun job (training.rules.distributed) stay quiet
+            self.log = lambda *a, **k: None
         n = len(self.train_x)
         if n < bs:
             raise TrainingError(f"the training split has {n} images, fewer than trainer.batch_size = {bs}")
@@ -252,7 +270,8 @@ class Trainer:
         while st["epoch"] < epochs:
             epoch = st["epoch"]
             order = np.random.default_rng([cfg.trainer.seed, epoch]).permutation(n)
-            prog = _Progress(self.steps_per_epoch * bs, f"epoch {epoch + 1}/{epochs}")
+            prog = _Progress(self.steps_per_epoch * bs, f"epoch {epoch + 1}/{epochs}",
+                             **({} if _is_writer() else {"stream": io.StringIO()}))
             prog.update(st["step_in_epoch"] * bs)
             t_epoch = time.perf_counter()
             while st["step_in_epoch"] < self.steps_per_epoch:
@@ -260,6 +279,7 @@ class Trainer:
                 idx = order[s * bs:(s + 1) * bs]
                 xb = torch.from_numpy(self.train_x[idx]).to(self.device)
                 yb = torch.from_numpy(self.train_y[idx]).to(self.device)
+                self._check_parameters()
                 loss, logits = self.rule.step(xb, yb)
                 st["sums"][0] += loss * len(idx)
                 st["sums"][1] += int((logits.argmax(1) == yb).sum())
@@ -297,6 +317,8 @@ class Trainer:
 
     def finish(self):
         """Load the best checkpoint (by validation accuracy), test it once, write the design folder."""
+        if not _is_writer():
+            return None
         best = self.ckpt_dir / "best.pt"
         if best.exists():
             self.model.load_state_dict(torch.load(best, map_location=self.device, weights_only=False)["model"])
