@@ -74,6 +74,7 @@ class BackpropRule:
 
     def step(self, images, labels):
         """One update; returns ``(loss, logits)`` measured before the update."""
+        check_parameters(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         loss, logits = self.loss(images, labels)
         check_finite(loss, self.cfg.trainer.max_loss)
@@ -108,6 +109,14 @@ def _is_writer():
     """False on ranks other than 0 of a torch.distributed job: only rank 0 writes files and logs."""
     dist = torch.distributed
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def check_parameters(model):
+    """Raise :class:`TrainingError` if a parameter is NaN or infinite."""
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise TrainingError(f"the parameter '{name}' holds NaN or infinite values; the run stops and the "
+                                "last good checkpoint is kept; lower trainer.learning_rate")
 
 
 def make_rule(model, cfg, steps_per_epoch):
@@ -218,10 +227,7 @@ class Trainer:
         self.log(f"resumed from {path}: epoch {self.state['epoch'] + 1}, step {self.state['step_in_epoch']}")
 
     def _check_parameters(self):
-        for name, p in self.model.named_parameters():
-            if not torch.isfinite(p).all():
-                raise TrainingError(f"the parameter '{name}' holds NaN or infinite values; the run stops and the "
-                                    "last good checkpoint is kept; lower trainer.learning_rate")
+        check_parameters(self.model)
 
     # -- evaluation -------------------------------------------------------------------
     @torch.no_grad()
