@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from ._io import atomic_write, write_json_atomic  # noqa: F401  (re-exported)
 from .detectors import Detector
 from .encoding import ENCODINGS
 from .grid import Grid
@@ -260,26 +259,6 @@ def load_design(path) -> Design:
     return design_from_json(doc, phases, amplitudes, source=str(jpath))
 
 
-def _atomic_write(path: Path, write):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(path, obj):
-    """Write JSON to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
-
-
 def save_design(design: Design, folder, *, overwrite=False) -> Path:
     """Write ``design`` to ``folder`` (created if needed), atomically per file.
 
@@ -296,7 +275,7 @@ def save_design(design: Design, folder, *, overwrite=False) -> Path:
     if design.amplitudes is not None:
         arrays["amplitudes"] = np.asarray(design.amplitudes, dtype=np.float32)
     # phases first, design.json last: a folder with a design.json is always complete.
-    _atomic_write(folder / "phases.npz", lambda f: np.savez_compressed(f, **arrays))
+    atomic_write(folder / "phases.npz", lambda f: np.savez_compressed(f, **arrays))
     write_json_atomic(folder / "design.json", doc)
     return folder
 

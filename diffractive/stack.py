@@ -32,7 +32,7 @@ from dataclasses import dataclass, field as dc_field
 
 import numpy as np
 
-from ._validate import finite_real, positive_finite, shape2
+from ._validate import positive_finite, shape2
 from .backend import get_array_module
 from .convolution import WorkspacePool, run_chunks
 from .grid import Grid

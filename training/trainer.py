@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import datetime
 import io
-import json
 import math
 import os
 import platform

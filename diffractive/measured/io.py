@@ -28,13 +28,13 @@ import csv
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
+from .._io import atomic_write_bytes as _atomic_write_bytes
 
 
 class MeasuredDataError(ValueError):
@@ -435,23 +435,8 @@ def read_gains(path, n_detectors: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- writers
 def atomic_write_bytes(path, data: bytes, *, overwrite=False):
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --force to replace it")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"{path.parent}: no such folder")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` to ``path`` through a temporary file and a rename (refuses to overwrite unless asked)."""
+    return _atomic_write_bytes(path, data, overwrite=overwrite)
 
 
 def detector_csv_bytes(powers, labels=None, sample_ids=None, inputs=None, total=None, comments=()) -> bytes:

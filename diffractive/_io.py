@@ -1,0 +1,42 @@
+"""Atomic file writes: a temporary file in the same folder, fsync, then a rename.
+
+A reader never sees a half-written file, and a failed write leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write(path, write) -> Path:
+    """Call ``write(f)`` on a temporary binary file and rename it to ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_bytes(path, data: bytes, *, overwrite=True) -> Path:
+    """Write ``data`` to ``path`` atomically; refuse an existing file unless ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --force to replace it")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path.parent}: no such folder")
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def write_json_atomic(path, obj) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    return atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
