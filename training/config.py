@@ -213,6 +213,9 @@ def parse_config(doc: dict, source: str = "<config>") -> Config:
     opts_cls = RULE_OPTIONS[rule]
     if dataclasses.is_dataclass(opts_cls):
         cfg.trainer.options = _build(opts_cls, cfg.trainer.options.get(rule, {}), f"{source} [trainer.{rule}]")
+        problem = cfg.trainer.options.validate(cfg) if hasattr(cfg.trainer.options, "validate") else None
+        if problem:
+            raise ConfigError(f"{source} [trainer.{rule}]: {problem}")
     elif cfg.trainer.options.get(rule):
         raise ConfigError(f"{source}: rule {rule!r} takes no [trainer.{rule}] options")
     else:
@@ -239,3 +242,9 @@ def load_config(path) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
     return parse_config(doc, source=str(path))
+
+
+# the alternative rules' option tables (torch-free; training/rules/options.py)
+from .rules.options import RULES as _RULE_TABLES  # noqa: E402
+
+RULE_OPTIONS.update(_RULE_TABLES)

@@ -1,0 +1,109 @@
+"""ES and GA across processes (torch.distributed, gloo): 2 processes = 1 process, bit for bit."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from test_rules import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = {"es": {"pairs": 3, "block": 2}, "ga": {"population": 5, "parents": 2, "sigma": 0.2}}
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(rule, steps=4):
+    """A few steps of ``rule`` on fixed batches; returns the phases and evaluation count."""
+    from sklearn.datasets import load_digits
+
+    from training.model import D2NN, design_from_config
+    from training.rules import make_rule
+
+    d = load_digits()
+    x, y = (d.images[:64] / 16).astype(np.float32), d.target[:64].astype(np.int64)
+    cfg = tiny_config(rule, CASES[rule])
+    model = D2NN(design_from_config(cfg))
+    r = make_rule(model, cfg, 10)
+    for s in range(steps):
+        b = slice(16 * (s % 4), 16 * (s % 4) + 16)
+        r.step(torch.from_numpy(x[b]), torch.from_numpy(y[b]))
+    return model.phase.detach().numpy().copy(), r.evaluations, r.comm.world
+
+
+def _worker(rank, world, port, rule, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        phase, evaluations, w = _train(rule)
+        assert w == world
+        np.save(os.path.join(out_dir, f"{rule}-rank{rank}.npy"), phase)
+        np.save(os.path.join(out_dir, f"{rule}-evals{rank}.npy"), np.array(evaluations))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("rule", list(CASES))
+def test_two_processes_give_the_parameters_of_one_process(rule, tmp_path):
+    single, evals, world = _train(rule)
+    assert world == 1
+    mp.start_processes(_worker, args=(2, _free_port(), rule, str(tmp_path)), nprocs=2, start_method="spawn")
+    for rank in range(2):
+        assert np.array_equal(np.load(tmp_path / f"{rule}-rank{rank}.npy"), single), f"rank {rank} differs"
+        assert int(np.load(tmp_path / f"{rule}-evals{rank}.npy")) == evals
+
+
+TOML = """
+name = "dist-es"
+[geometry]
+layer_shape = [24, 24]
+n_layers = 2
+distance_m = 6e-3
+[input]
+size_m = [6.4e-3, 6.4e-3]
+[detectors]
+size_m = 1.2e-3
+spacing_m = 2.4e-3
+[data]
+dataset = "digits"
+train_limit = 160
+val_limit = 64
+[trainer]
+rule = "es"
+epochs = 2
+batch_size = 16
+learning_rate = 0.1
+checkpoint_every = 4
+workers = 1
+[trainer.es]
+pairs = 3
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
+def test_torchrun_d2nn_train_matches_one_process(tmp_path):
+    cfg = tmp_path / "es.toml"
+    cfg.write_text(TOML)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    one = subprocess.run([sys.executable, "-m", "d2nn", "train", str(cfg), "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, cwd=ROOT)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", "-m", "d2nn", "train", str(cfg),
+                          "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = np.load(tmp_path / "one" / "phases.npz")["phases"]
+    b = np.load(tmp_path / "two" / "phases.npz")["phases"]
+    assert np.array_equal(a, b)
+    assert two.stdout.count("test accuracy") == 1  # only rank 0 reports and writes
