@@ -15,6 +15,7 @@ def atomic_write(path, write) -> Path:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes files private; these are ordinary files
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -25,6 +26,12 @@ def atomic_write(path, write) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path, data: bytes, *, overwrite=True) -> Path:
