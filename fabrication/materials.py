@@ -14,12 +14,11 @@ the command line (``--n``/``--kappa``) or from a TOML file (``--material-file``)
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
-from numbers import Real
 from pathlib import Path
 
-import numpy as np
+
+from diffractive._validate import finite_real
 
 from diffractive.design import DesignError
 
@@ -73,12 +72,10 @@ class Material:
 
 
 def _real(name, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (Real, np.floating, np.integer)):
-        raise FabricationError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise FabricationError(f"{name} must be finite, got {value!r}")
-    return value
+    try:
+        return finite_real(name, value)
+    except (TypeError, ValueError) as e:
+        raise FabricationError(str(e)) from None
 
 
 def check_index(n) -> float:

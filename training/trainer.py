@@ -64,6 +64,7 @@ class BackpropRule:
         else:
             fn = lambda s: 1.0  # noqa: E731
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, fn)
+        self.evaluations = 0  # single-image forward simulations so far (rules that subclass count theirs)
 
     def loss(self, images, labels):
         intensity = self.model(images)
@@ -75,6 +76,7 @@ class BackpropRule:
         """One update; returns ``(loss, logits)`` measured before the update."""
         check_parameters(self.model)
         self.optimizer.zero_grad(set_to_none=True)
+        self.evaluations += len(images)
         loss, logits = self.loss(images, labels)
         check_finite(loss, self.cfg.trainer.max_loss)
         loss.backward()
@@ -90,11 +92,13 @@ class BackpropRule:
         return self.optimizer.param_groups[0]["lr"]
 
     def state_dict(self):
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "evaluations": self.evaluations}
 
     def load_state_dict(self, state):
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.evaluations = int(state.get("evaluations", 0))
 
 
 def check_finite(loss, max_loss):

@@ -53,7 +53,6 @@ class DFARule(BackpropRule):
         o = cfg.trainer.options
         self.B = random_feedback(model.phase.shape[0], model.masks.shape[0], model.phase.shape[1:],
                                  o.feedback_seed, o.feedback_scale)
-        self.evaluations = 0
 
     def _forward(self, images, labels):
         m = self.model
@@ -100,14 +99,6 @@ class DFARule(BackpropRule):
                       max(1e-300, np.linalg.norm(upd[l]) * np.linalg.norm(grad[l])))
             out.append(math.degrees(math.acos(max(-1.0, min(1.0, c)))))
         return out
-
-    def state_dict(self):
-        return {**super().state_dict(), "evaluations": self.evaluations}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.evaluations = int(state.get("evaluations", 0))
-
 
 def make(model, cfg, steps_per_epoch):
     return DFARule(model, cfg, steps_per_epoch)

@@ -75,7 +75,6 @@ class HSICRule(BackpropRule):
         super().__init__(model, cfg, steps_per_epoch)
         if model.phase.device.type != "cpu":
             raise TrainingError("rule 'hsic' runs on the CPU (its layer-local algebra is NumPy); use --device cpu")
-        self.evaluations = 0
         self.last_nhsic = None
 
     def planes(self, images):
@@ -142,14 +141,6 @@ class HSICRule(BackpropRule):
         self.optimizer.step()
         self.scheduler.step()
         return float(loss.detach()), logits.to(images.device)
-
-    def state_dict(self):
-        return {**super().state_dict(), "evaluations": self.evaluations}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.evaluations = int(state.get("evaluations", 0))
-
 
 def make(model, cfg, steps_per_epoch):
     return HSICRule(model, cfg, steps_per_epoch)

@@ -9,7 +9,7 @@ importable without torch.
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # every zeroth-order rule reaches the optics only through a measure() callable:
 # "simulated" (diffractive.stack.forward + detector readout) or "package.module:factory",

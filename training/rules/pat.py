@@ -152,7 +152,6 @@ class PATRule(BackpropRule):
         if model.phase.device.type != "cpu":
             raise TrainingError("rule 'pat' runs on the CPU (the mismatched physics is NumPy); use --device cpu")
         self.physics = MismatchedPhysics.from_config(model.design, cfg)
-        self.evaluations = 0
 
     def physical_intensity(self, images):
         """Differentiable (through the twin) output intensity of the physical system."""
@@ -163,7 +162,6 @@ class PATRule(BackpropRule):
         from ..model import detector_loss  # noqa: PLC0415
 
         intensity = self.physical_intensity(images)
-        self.evaluations += len(images)
         powers = self.model.readout(intensity)
         return detector_loss(powers, intensity, labels, self.model.score_matrix, self.cfg.trainer.loss,
                              self.cfg.trainer.temperature)
@@ -173,14 +171,6 @@ class PATRule(BackpropRule):
         """Output intensity of the *physical* system (the trainer validates and tests on it)."""
         m = self.model
         return torch.from_numpy(self.physics.intensity(to_xp(m.phase), to_xp(m.encode(images))).astype(np.float32))
-
-    def state_dict(self):
-        return {**super().state_dict(), "evaluations": self.evaluations}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.evaluations = int(state.get("evaluations", 0))
-
 
 def make(model, cfg, steps_per_epoch):
     return PATRule(model, cfg, steps_per_epoch)
