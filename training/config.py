@@ -130,6 +130,9 @@ POSITIVE = {"wavelength_m", "pitch_m", "distance_m", "n_layers", "phase_scale", 
 RULE_OPTIONS: dict[str, type] = {"backprop": type("BackpropOptions", (), {})}
 
 
+_TYPE_WORDS = {int: "an integer", bool: "true or false", str: "a string", list: "a list", dict: "a table"}
+
+
 def _check_value(where, key, value, annotation):
     origin = typing.get_origin(annotation)
     optional = origin is typing.Union and type(None) in typing.get_args(annotation)
@@ -142,21 +145,8 @@ def _check_value(where, key, value, annotation):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
         value = float(value)
-    elif base is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
-    elif base is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
-    elif base is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
-    elif base is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: '{key}' must be a list, got {value!r}")
-    elif base is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: '{key}' must be a table, got {value!r}")
+    elif base in _TYPE_WORDS and (not isinstance(value, base) or (base is int and isinstance(value, bool))):
+        raise ConfigError(f"{where}: '{key}' must be {_TYPE_WORDS[base]}, got {value!r}")
     if key in POSITIVE and isinstance(value, (int, float)) and value <= 0:
         raise ConfigError(f"{where}: '{key}' must be positive, got {value!r}")
     return value

@@ -159,6 +159,20 @@ def _parse_int(text, what):
 
 
 # --------------------------------------------------------------------------- CSV
+def _parse_finite(text, what) -> float:
+    """A finite float from a CSV cell, or :class:`MeasuredDataError` naming ``what``."""
+    text = text.strip()
+    if not text:
+        raise MeasuredDataError(f"{what} is empty")
+    try:
+        v = float(text)
+    except ValueError:
+        raise MeasuredDataError(f"{what} = {text!r} is not a number") from None
+    if not math.isfinite(v):
+        raise MeasuredDataError(f"{what} = {text!r} is not a finite number")
+    return v
+
+
 def _csv_rows(path: Path):
     """(header, [(line_number, fields)]) of a CSV file; comments and blank lines skipped."""
     try:
@@ -215,16 +229,7 @@ def _read_power_csv(path: Path, n_detectors: int, n_classes: int | None, *, need
             raise MeasuredDataError(f"{path}: line {lineno}: column 'sample' is empty")
         ids.append(sid)
         for k, c in enumerate(det_cols):
-            text = fields[c].strip()
-            if not text:
-                raise MeasuredDataError(f"{where}: column 'det{k}' is empty")
-            try:
-                v = float(text)
-            except ValueError:
-                raise MeasuredDataError(f"{where}: column 'det{k}' = {text!r} is not a number") from None
-            if not math.isfinite(v):
-                raise MeasuredDataError(f"{where}: column 'det{k}' = {text!r} is not a finite number")
-            powers[r, k] = v
+            powers[r, k] = _parse_finite(fields[c], f"{where}: column 'det{k}'")
         if "label" in col:
             lab = _parse_int(fields[col["label"]], f"{where}: column 'label'")
             if lab < 0 or (n_classes is not None and lab >= n_classes):
@@ -237,14 +242,7 @@ def _read_power_csv(path: Path, n_detectors: int, n_classes: int | None, *, need
                 raise MeasuredDataError(f"{where}: column 'input' = {inp} must be a non-negative dataset index")
             inputs.append(inp)
         if "total" in col:
-            text = fields[col["total"]].strip()
-            try:
-                v = float(text)
-            except ValueError:
-                raise MeasuredDataError(f"{where}: column 'total' = {text!r} is not a number") from None
-            if not math.isfinite(v):
-                raise MeasuredDataError(f"{where}: column 'total' = {text!r} is not a finite number")
-            totals.append(v)
+            totals.append(_parse_finite(fields[col["total"]], f"{where}: column 'total'"))
     return DetectorPowers(powers=powers, labels=np.asarray(labels, dtype=np.int64), sample_ids=ids, source=str(path),
                           inputs=np.asarray(inputs, dtype=np.int64) if "input" in col else None,
                           total=np.asarray(totals) if "total" in col else None)
