@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from diffractive.backend import get_array_module
 from diffractive.design import Design, make_design
 from diffractive.detectors import detector_masks, score_matrix
 from diffractive.simulate import input_fields
@@ -79,7 +80,7 @@ class D2NN(torch.nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Input fields (B, ny, nx) complex64 for images (B, h, w), on the images' device."""
         xp_images = to_xp(images.float())
-        xp = np if isinstance(xp_images, np.ndarray) else __import__("cupy")
+        xp = get_array_module(xp_images)
         return from_xp(input_fields(self.design, xp_images, xp), images.device)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

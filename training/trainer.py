@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import diffractive
+from diffractive._io import atomic_write_bytes
 from diffractive.design import save_design, write_json_atomic
 
 from . import figures
@@ -357,9 +358,7 @@ class Trainer:
             w = csv.DictWriter(buf, fieldnames=list(st["history"][0]))
             w.writeheader()
             w.writerows(st["history"])
-        tmp = self.out / ".metrics.csv.tmp"
-        tmp.write_text(buf.getvalue())
-        tmp.replace(self.out / "metrics.csv")
+        atomic_write_bytes(self.out / "metrics.csv", buf.getvalue().encode())
         fig_dir = self.out / "figures"
         fig_dir.mkdir(exist_ok=True)
         figures.phase_maps(design, fig_dir / "phase_maps.png")
