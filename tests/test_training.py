@@ -160,6 +160,37 @@ def test_cli_reports_bad_config_and_missing_data(tmp_path):
     assert out.returncode == 2 and "apt-get install dataset-fashion-mnist" in out.stderr, out.stderr
 
 
+def test_init_from_starts_at_a_saved_design_and_refuses_other_geometry(tmp_path, digits):
+    from training.model import design_from_config
+
+    first = Trainer(_tiny_config(epochs=1), tmp_path / "stage1", data=digits, log=lambda *a: None)
+    first.run()
+    saved = np.load(tmp_path / "stage1" / "phases.npz")["phases"]
+    cfg_file = tmp_path / "ft.toml"   # init_from is relative to the config file
+    cfg_file.write_text('[geometry]\nlayer_shape = [32, 32]\nn_layers = 2\ndistance_m = 8e-3\n'
+                        '[input]\nsize_m = [9.6e-3, 9.6e-3]\n[detectors]\nsize_m = 1.6e-3\nspacing_m = 3.2e-3\n'
+                        '[model]\ninit_from = "stage1"\n[trainer]\nepochs = 1\nbatch_size = 16\nworkers = 1\n'
+                        'learning_rate = 0.02\n')
+    cfg = load_config(cfg_file)
+    design = design_from_config(cfg)
+    np.testing.assert_array_equal(design.phases, saved)
+    assert design.provenance["init_from"]["path"] == "stage1"
+    second = Trainer(cfg, tmp_path / "stage2", data=digits, log=lambda *a: None)
+    np.testing.assert_array_equal(second.model.phase.detach().numpy(), saved)
+    second.run()
+    assert "init_from" in load_config(cfg_file).to_dict()["model"]
+    import json
+    assert json.loads((tmp_path / "stage2" / "design.json").read_text())["provenance"]["init_from"]["path"] == "stage1"
+    # a different gap, or a missing folder, is refused naming the key
+    cfg_file.write_text(cfg_file.read_text().replace("distance_m = 8e-3", "distance_m = 9e-3"))
+    with pytest.raises(ConfigError, match="init_from.*distances_m"):
+        design_from_config(load_config(cfg_file))
+    cfg_file.write_text(cfg_file.read_text().replace('"stage1"', '"nowhere"'))
+    with pytest.raises(ConfigError, match="init_from.*no such design folder"):
+        design_from_config(load_config(cfg_file))
+
+
 def test_shipped_configs_parse():
-    for name in ("quickstart", "lin2018-fashion", "lin2018-mnist"):
+    for name in ("quickstart", "lin2018-fashion", "lin2018-fashion-finetune", "lin2018-fashion-differential",
+                 "lin2018-mnist"):
         load_config(Path(__file__).resolve().parents[1] / "designs" / f"{name}.toml")

@@ -51,6 +51,7 @@ class DetectorConfig:
 class ModelConfig:
     modulation: str = "phase"                 # "phase" or "complex" (amplitude trained too)
     init: str = "uniform"                     # "uniform" random phases or "zeros"
+    init_from: typing.Optional[str] = None    # a design folder to start from (relative to the config file)
 
 
 @dataclass
@@ -106,6 +107,13 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     name: str = "d2nn"
     source: str = "<defaults>"
+
+    def resolve_path(self, path: str) -> Path:
+        """A path written in the config: absolute, or relative to the config file's folder."""
+        p = Path(path).expanduser()
+        if p.is_absolute() or self.source.startswith("<"):
+            return p
+        return Path(self.source).parent / p
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -210,6 +218,8 @@ def parse_config(doc: dict, source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: rule {rule!r} takes no [trainer.{rule}] options")
     else:
         cfg.trainer.options = None
+    if cfg.model.init_from is not None and not cfg.model.init_from.strip():
+        raise ConfigError(f"{source} [model]: 'init_from' must name a design folder")
     g = cfg.geometry
     if g.distances_m is not None and len(g.distances_m) != g.n_layers + 1:
         raise ConfigError(f"{source} [geometry]: 'distances_m' must hold n_layers + 1 = {g.n_layers + 1} values")

@@ -12,18 +12,31 @@ import numpy as np
 import torch
 
 from diffractive.backend import get_array_module
-from diffractive.design import Design, make_design
+from diffractive.design import Design, DesignError, load_design, make_design
 from diffractive.detectors import detector_masks, score_matrix
 from diffractive.simulate import input_fields
 
+from .config import ConfigError
 from .bridge import from_xp, stack_intensity, to_xp
 
 
 def design_from_config(cfg, phases=None) -> Design:
-    """The initial :class:`Design` a config describes (random or zero phases from its seed)."""
+    """The initial :class:`Design` a config describes.
+
+    Phases are ``phases`` if given, else those of the design folder ``[model] init_from``
+    (fine-tuning a trained design; its geometry must equal the config's), else random
+    (``init = "uniform"``, from ``trainer.seed``) or zero.
+    """
     g, inp, det = cfg.geometry, cfg.input, cfg.detectors
     n_classes = 10
-    if phases is None and cfg.model.init == "zeros":
+    start = None
+    if phases is None and cfg.model.init_from is not None:
+        try:
+            start = load_design(cfg.resolve_path(cfg.model.init_from))
+        except DesignError as e:
+            raise ConfigError(f"{cfg.source} [model] init_from: {e}") from None
+        phases = start.phases
+    elif phases is None and cfg.model.init == "zeros":
         phases = np.zeros((g.n_layers,) + tuple(g.layer_shape), dtype=np.float32)
     kwargs = {}
     if g.distances_m is not None:
@@ -40,7 +53,27 @@ def design_from_config(cfg, phases=None) -> Design:
         design.distances_m = [float(d) for d in g.distances_m]
     if inp.encoding == "phase":
         design.input["phase_scale"] = float(inp.phase_scale)
+    if start is not None:
+        _check_same_geometry(design, start, f"{cfg.source} [model] init_from = {cfg.model.init_from!r}")
+        design.amplitudes = start.amplitudes if cfg.model.modulation == "complex" else None
+        design.provenance["init_from"] = {"path": cfg.model.init_from, "provenance": start.provenance,
+                                          "metrics": start.metrics}
     return design
+
+
+def _check_same_geometry(design: Design, start: Design, where: str):
+    """Refuse to fine-tune from a design whose optics differ from the config's."""
+    checks = [("wavelength_m", design.wavelength_m, start.wavelength_m),
+              ("pitch_m", design.pitch_m, start.pitch_m),
+              ("layer_shape", tuple(design.layer_shape), tuple(start.layer_shape)),
+              ("n_layers", design.n_layers, start.n_layers),
+              ("distances_m", list(design.distances_m), list(start.distances_m)),
+              ("window_shape", tuple(design.window_shape), tuple(start.window_shape))]
+    for name, want, got in checks:
+        same = np.allclose(want, got, rtol=1e-9, atol=0) if name.endswith("_m") else want == got
+        if not same:
+            raise ConfigError(f"{where}: that design has {name} = {got}, the config asks for {want}; "
+                             "fine-tuning needs the same geometry")
 
 
 class D2NN(torch.nn.Module):

@@ -349,6 +349,8 @@ class Trainer:
             "python": platform.python_version(), "torch": torch.__version__, "started": st["started"],
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "device": str(self.device), "rule": self.cfg.trainer.rule}
+        if "init_from" in self.design0.provenance:
+            design.provenance["init_from"] = self.design0.provenance["init_from"]
         design.metrics = {"test_accuracy": test["accuracy"], "test_n": int(len(self.test_y)),
                           "best_val_accuracy": st["best_val_accuracy"], "best_epoch": st["best_epoch"]}
         save_design(design, self.out, overwrite=True)
