@@ -191,6 +191,11 @@ def test_init_from_starts_at_a_saved_design_and_refuses_other_geometry(tmp_path,
 
 
 def test_shipped_configs_parse():
-    for name in ("quickstart", "lin2018-fashion", "lin2018-fashion-finetune", "lin2018-fashion-differential",
+    for name in ("quickstart", "lin2018-fashion", "lin2018-fashion-finetune", "lin2018-fashion-stage3",
+                 "lin2018-fashion-differential",
                  "lin2018-mnist"):
-        load_config(Path(__file__).resolve().parents[1] / "designs" / f"{name}.toml")
+        cfg = load_config(Path(__file__).resolve().parents[1] / "designs" / f"{name}.toml")
+        if cfg.model.init_from is not None:  # the stage it continues is shipped and fits
+            from training.model import design_from_config
+
+            assert design_from_config(cfg).provenance["init_from"]["metrics"]["test_n"] == 10000
