@@ -134,16 +134,17 @@ def make_rule(model, cfg, steps_per_epoch):
 class _Progress:
     """tqdm bar on a terminal; otherwise a line every ~10 % of an epoch (logs stay short)."""
 
-    def __init__(self, total, desc, stream=sys.stderr):
+    def __init__(self, total, desc, stream=sys.stderr, done=0):
+        """``done`` images of the epoch were processed before a resume: shown, not timed."""
         self.total, self.desc, self.stream = total, desc, stream
-        self.n = 0
+        self.n = self.done = done
         self.t0 = time.perf_counter()
         self.bar = None
         if stream.isatty():
             from tqdm import tqdm  # noqa: PLC0415
 
-            self.bar = tqdm(total=total, desc=desc, unit="img", leave=False, file=stream)
-        self.next_report = total / 10
+            self.bar = tqdm(total=total, initial=done, desc=desc, unit="img", leave=False, file=stream)
+        self.next_report = (done // (total / 10) + 1) * total / 10
 
     def update(self, n, **post):
         self.n += n
@@ -151,7 +152,7 @@ class _Progress:
             self.bar.update(n)
             self.bar.set_postfix(post, refresh=False)
         elif self.n >= self.next_report or self.n == self.total:
-            rate = self.n / max(1e-9, time.perf_counter() - self.t0)
+            rate = (self.n - self.done) / max(1e-9, time.perf_counter() - self.t0)
             eta = (self.total - self.n) / max(rate, 1e-9)
             extra = " ".join(f"{k}={v}" for k, v in post.items())
             print(f"{self.desc}: {self.n}/{self.total} img, {rate:.0f} img/s, ETA {eta:.0f} s {extra}",
@@ -280,9 +281,8 @@ class Trainer:
         while st["epoch"] < epochs:
             epoch = st["epoch"]
             order = np.random.default_rng([cfg.trainer.seed, epoch]).permutation(n)
-            prog = _Progress(self.steps_per_epoch * bs, f"epoch {epoch + 1}/{epochs}",
+            prog = _Progress(self.steps_per_epoch * bs, f"epoch {epoch + 1}/{epochs}", done=st["step_in_epoch"] * bs,
                              **({} if _is_writer() else {"stream": io.StringIO()}))
-            prog.update(st["step_in_epoch"] * bs)
             t_epoch = time.perf_counter()
             while st["step_in_epoch"] < self.steps_per_epoch:
                 s = st["step_in_epoch"]
