@@ -8,6 +8,8 @@ intensity.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -62,18 +64,15 @@ def design_from_config(cfg, phases=None) -> Design:
 
 
 def _check_same_geometry(design: Design, start: Design, where: str):
-    """Refuse to fine-tune from a design whose optics differ from the config's."""
-    checks = [("wavelength_m", design.wavelength_m, start.wavelength_m),
-              ("pitch_m", design.pitch_m, start.pitch_m),
-              ("layer_shape", tuple(design.layer_shape), tuple(start.layer_shape)),
-              ("n_layers", design.n_layers, start.n_layers),
-              ("distances_m", list(design.distances_m), list(start.distances_m)),
-              ("window_shape", tuple(design.window_shape), tuple(start.window_shape))]
-    for name, want, got in checks:
-        same = np.allclose(want, got, rtol=1e-9, atol=0) if name.endswith("_m") else want == got
+    """Refuse to fine-tune from a design whose optics (its StackGeometry) differ from the config's."""
+    want, got = design.geometry, start.geometry
+    for f in dataclasses.fields(want):
+        a, b = getattr(want, f.name), getattr(got, f.name)
+        same = (np.shape(a) == np.shape(b) and np.allclose(a, b, rtol=1e-9, atol=0)) if f.name.endswith("_m") \
+            else a == b
         if not same:
-            raise ConfigError(f"{where}: that design has {name} = {got}, the config asks for {want}; "
-                             "fine-tuning needs the same geometry")
+            raise ConfigError(f"{where}: that design has {f.name} = {b}, the config asks for {a}; "
+                              "fine-tuning needs the same geometry")
 
 
 class D2NN(torch.nn.Module):
