@@ -40,19 +40,24 @@ def _write_config(src: Path, dst: Path, workers: int, steps: int):
     tr["checkpoint_every"] = 10 ** 6
     doc.setdefault("data", {})["train_limit"] = steps * batch
     doc["data"]["val_limit"] = min(int(doc["data"].get("val_limit", 500)), 256)
-    lines = []
-    for key, value in doc.items():
-        if not isinstance(value, dict):
-            lines.append(f"{key} = {json.dumps(value)}")
-    for table, body in doc.items():
-        if isinstance(body, dict):
-            sub = {k: v for k, v in body.items() if isinstance(v, dict)}
-            lines.append(f"[{table}]")
-            lines += [f"{k} = {json.dumps(v)}" for k, v in body.items() if not isinstance(v, dict)]
-            for name, inner in sub.items():
-                lines.append(f"[{table}.{name}]")
-                lines += [f"{k} = {json.dumps(v)}" for k, v in inner.items()]
-    dst.write_text("\n".join(lines) + "\n")
+    text = _toml_text(doc)
+    if tomllib.loads(text) != doc:  # the writer below covers what configs hold; check, not trust
+        sys.exit(f"{src}: cannot rewrite this config as TOML faithfully (unsupported value types)")
+    dst.write_text(text)
+
+
+def _toml_text(doc: dict, prefix: str = "") -> str:
+    """TOML for a document of tables, strings, numbers, booleans and lists of those.
+
+    Scalars are written with ``json.dumps``, whose strings, numbers, booleans and arrays are
+    valid TOML; anything else (None, NaN, dates) fails the round-trip check of the caller.
+    """
+    scalars = [f"{k} = {json.dumps(v)}" for k, v in doc.items() if not isinstance(v, dict)]
+    tables = [(f"{prefix}{k}", v) for k, v in doc.items() if isinstance(v, dict)]
+    text = "\n".join(scalars) + ("\n" if scalars else "")
+    for name, body in tables:
+        text += f"[{name}]\n" + _toml_text(body, f"{name}.")
+    return text
 
 
 def _run(cmd, out: Path, env):

@@ -178,9 +178,13 @@ def test_init_from_starts_at_a_saved_design_and_refuses_other_geometry(tmp_path,
     second = Trainer(cfg, tmp_path / "stage2", data=digits, log=lambda *a: None)
     np.testing.assert_array_equal(second.model.phase.detach().numpy(), saved)
     second.run()
-    assert "init_from" in load_config(cfg_file).to_dict()["model"]
     import json
-    assert json.loads((tmp_path / "stage2" / "design.json").read_text())["provenance"]["init_from"]["path"] == "stage1"
+    prov = json.loads((tmp_path / "stage2" / "design.json").read_text())["provenance"]
+    assert prov["init_from"]["path"] == "stage1" and prov["config"]["model"]["init_from"] == "stage1"
+    # it trained from there: the saved phases moved, and not back to a fresh random start
+    trained = np.load(tmp_path / "stage2" / "phases.npz")["phases"]
+    moved = np.abs(np.angle(np.exp(1j * (trained - saved))))
+    assert 0 < moved.max() and moved.mean() < 0.3, (moved.max(), moved.mean())
     # a different gap, or a missing folder, is refused naming the key
     cfg_file.write_text(cfg_file.read_text().replace("distance_m = 8e-3", "distance_m = 9e-3"))
     with pytest.raises(ConfigError, match="init_from.*distances_m"):
