@@ -24,7 +24,8 @@ pruned transforms it actually runs; stack / full compares with plain 2-D FFTs.
 
 Run by hand (not by pytest); other load on the machine shows up in the numbers. To see the
 effect of the allocator, run it again with
-``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4``.
+``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4``; for the planner (both the
+stack and the FFT-only loops follow it), with ``D2NN_FFTW_PLANNER=estimate``.
 """
 from __future__ import annotations
 
@@ -41,12 +42,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffractive.backend import cpu_workers  # noqa: E402
-from diffractive.convolution import HAVE_PYFFTW, fft_backend_name, run_chunks  # noqa: E402
+from diffractive.convolution import HAVE_PYFFTW, fft_backend_name, fftw_planner, run_chunks  # noqa: E402
 from diffractive.layers import transmission  # noqa: E402
 from diffractive.stack import StackGeometry, engine, forward  # noqa: E402
 
 WAVELENGTH, PITCH, LAYER, GAP, N_LAYERS = 0.75e-3, 0.4e-3, (200, 200), 30e-3, 5
-FLAGS = ("FFTW_MEASURE", "FFTW_DESTROY_INPUT")
+# the planner the stack's workspaces use ($D2NN_FFTW_PLANNER, diffractive.convolution)
+FLAGS = ("FFTW_" + fftw_planner().upper(), "FFTW_DESTROY_INPUT")
 # The FFT-only loops never multiply by H (whose 1/(NY*NX) keeps values bounded), so each
 # unnormalised forward + inverse pair scales the data by NY*NX: 6 hops of a 1024^2 window
 # are a factor 1e36. Starting from 1e-18 keeps complex64 finite and far from denormals.

@@ -41,7 +41,26 @@ except Exception:  # pragma: no cover - exercised only where pyFFTW is missing
     pyfftw = None
     HAVE_PYFFTW = False
 
-FFTW_FLAGS = ("FFTW_MEASURE", "FFTW_DESTROY_INPUT")
+PLANNER_ENV = "D2NN_FFTW_PLANNER"
+PLANNERS = ("measure", "estimate")
+
+
+def fftw_planner() -> str:
+    """The FFTW planner new workspaces use: ``$D2NN_FFTW_PLANNER``, default ``"measure"``.
+
+    ``measure`` times candidate algorithms and keeps the fastest (FFTW_MEASURE). The choice
+    can differ between processes, and different algorithms round differently, so the same
+    simulation run in two processes may differ in the last bit of single precision.
+    ``estimate`` (FFTW_ESTIMATE) picks by heuristics: the same plan, hence the same bits, in
+    every process on a machine, at some cost in speed (benchmarks/README.md). Read when a
+    workspace is made, so set it before the first simulation of a process.
+    """
+    import os  # noqa: PLC0415
+
+    value = os.environ.get(PLANNER_ENV, "measure").strip().lower()
+    if value not in PLANNERS:
+        raise ValueError(f"{PLANNER_ENV}={os.environ[PLANNER_ENV]!r}: must be one of {list(PLANNERS)}")
+    return value
 
 
 def fft_backend_name(xp=np) -> str:
@@ -89,10 +108,11 @@ class Workspace:
             self.buf = pyfftw.empty_aligned(shape, dtype=self.dtype)
             a, b, nx = self.inbuf, self.buf, self.nx
             a_cols, b_cols = a[:, :, :nx], b[:, :, :nx]
-            kw = dict(flags=FFTW_FLAGS, threads=1)
+            planner = "FFTW_" + fftw_planner().upper()
+            kw = dict(flags=(planner, "FFTW_DESTROY_INPUT"), threads=1)
             self._fwd_cols = pyfftw.FFTW(a_cols, a_cols, axes=(1,), direction="FFTW_FORWARD", **kw)
             # out of place and input-preserving (FFTW's default for c2c): inbuf's zero columns survive
-            self._fwd_rows = pyfftw.FFTW(a, b, axes=(2,), direction="FFTW_FORWARD", flags=("FFTW_MEASURE",),
+            self._fwd_rows = pyfftw.FFTW(a, b, axes=(2,), direction="FFTW_FORWARD", flags=(planner,),
                                          threads=1)
             self._inv_rows = pyfftw.FFTW(b, b, axes=(2,), direction="FFTW_BACKWARD", normalise_idft=False, **kw)
             self._inv_cols = pyfftw.FFTW(b_cols, b_cols, axes=(1,), direction="FFTW_BACKWARD", normalise_idft=False,
@@ -100,7 +120,7 @@ class Workspace:
         else:
             self.inbuf = xp.zeros(shape, dtype=self.dtype)
             self.buf = xp.zeros(shape, dtype=self.dtype)
-        self.inbuf[...] = 0  # planning with FFTW_MEASURE scribbles on the arrays
+        self.inbuf[...] = 0  # planning (FFTW_MEASURE) scribbles on the arrays
         self.buf[...] = 0
 
     # -- filling ---------------------------------------------------------------------

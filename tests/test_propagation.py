@@ -378,3 +378,20 @@ def test_lin_geometry_is_sampled_well():
         out = propagate(np.ones((200, 200), complex), wavelength=LAM, pitch=0.4e-3, distance=30e-3,
                         window_shape=(400, 400), check="error")
     assert out.shape == (200, 200)
+
+
+def test_fftw_planner_choice_changes_no_physics_and_bad_values_are_refused(rng, monkeypatch):
+    from diffractive import convolution
+
+    if not convolution.HAVE_PYFFTW:
+        pytest.skip("pyFFTW is not installed")
+    field = (rng.standard_normal((2, 24, 24)) + 1j * rng.standard_normal((2, 24, 24))).astype(np.complex64)
+    out = {}
+    for planner in ("measure", "estimate"):
+        monkeypatch.setenv("D2NN_FFTW_PLANNER", planner)
+        prop = AngularSpectrum((24, 24), wavelength_m=0.75e-3, pitch_m=0.4e-3, distance_m=5e-3, check="ignore")
+        out[planner] = prop(field)   # a new propagator plans anew, with the planner set now
+    np.testing.assert_allclose(out["estimate"], out["measure"], rtol=0, atol=1e-5 * np.abs(out["measure"]).max())
+    monkeypatch.setenv("D2NN_FFTW_PLANNER", "patient")
+    with pytest.raises(ValueError, match="D2NN_FFTW_PLANNER='patient': must be one of"):
+        AngularSpectrum((24, 24), wavelength_m=0.75e-3, pitch_m=0.4e-3, distance_m=5e-3, check="ignore")(field)
