@@ -73,22 +73,27 @@ def pat_options(a):
     return o
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="mnist")
+def add_network_arguments(p, dataset="mnist", train=3000, val=500, epochs=3):
+    """The network, data and run options :func:`base_doc` reads (shared with superpixels.py)."""
+    p.add_argument("--dataset", default=dataset)
     p.add_argument("--grid", type=int, default=40)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--distance", type=float, default=16e-3)
     p.add_argument("--input-size", type=float, default=8e-3)
     p.add_argument("--det-size", type=float, default=1.6e-3)
     p.add_argument("--det-spacing", type=float, default=3.6e-3)
-    p.add_argument("--train", type=int, default=3000, help="training images (0: all)")
-    p.add_argument("--val", type=int, default=500)
+    p.add_argument("--train", type=int, default=train, help="training images (0: all)")
+    p.add_argument("--val", type=int, default=val)
     p.add_argument("--test", type=int, default=0, help="test images (0: the whole test split)")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_network_arguments(p)
     p.add_argument("--floor-seeds", type=int, default=5)
     p.add_argument("--pat-distance-error", type=float, default=0.8e-3, help="metres, alternating sign per gap")
     p.add_argument("--pat-shift", type=float, default=0.3, help="pixels, alternating sign per layer and axis")

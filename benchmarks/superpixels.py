@@ -27,31 +27,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from rules import add_network_arguments, base_doc  # noqa: E402
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--grid", type=int, default=40)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--distance", type=float, default=16e-3)
-    p.add_argument("--input-size", type=float, default=8e-3)
-    p.add_argument("--det-size", type=float, default=1.6e-3)
-    p.add_argument("--det-spacing", type=float, default=3.6e-3)
-    p.add_argument("--train", type=int, default=0, help="training images (0: all)")
-    p.add_argument("--val", type=int, default=2000)
-    p.add_argument("--test", type=int, default=0, help="test images (0: the whole test split)")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch", type=int, default=32)
+    add_network_arguments(p, dataset="fashion-mnist", train=0, val=2000, epochs=3)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--blocks", default="1,2", help="comma-separated block sizes")
     a = p.parse_args(argv)
 
     import numpy as np
     import torch
 
-    from rules import base_doc
     from training.config import parse_config
     from training.datasets import load_split
     from training.rules.common import Superpixels
