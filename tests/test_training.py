@@ -203,3 +203,56 @@ def test_shipped_configs_parse():
             from training.model import design_from_config
 
             assert design_from_config(cfg).provenance["init_from"]["metrics"]["test_n"] == 10000
+
+
+KILL_TOML = """
+name = "kill"
+[geometry]
+layer_shape = [32, 32]
+n_layers = 2
+distance_m = 8e-3
+[input]
+size_m = [9.6e-3, 9.6e-3]
+[detectors]
+size_m = 1.6e-3
+spacing_m = 3.2e-3
+[data]
+dataset = "digits"
+train_limit = 800
+val_limit = 100
+[trainer]
+epochs = 3
+batch_size = 8
+learning_rate = 0.05
+checkpoint_every = 10
+workers = 1
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_in_a_new_process_gives_the_uninterrupted_result(tmp_path):
+    """A real kill (SIGKILL, new process for the resume). Under the default FFTW planner a new
+    process may plan its transforms differently (last-bit differences, docs/rules.md), so the
+    processes here use D2NN_FFTW_PLANNER=estimate and the result must match bit for bit."""
+    import os
+    import time
+
+    cfg = tmp_path / "kill.toml"
+    cfg.write_text(KILL_TOML)
+    env = dict(os.environ, D2NN_FFTW_PLANNER="estimate", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "d2nn", "train", str(cfg)]
+    subprocess.run(cmd + ["--out", str(tmp_path / "whole")], env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)   # into the next stretch of steps, past the checkpoint
+    proc.kill()
+    assert proc.wait() == -9, "the run ended before it could be killed"
+    assert not (tmp_path / "killed" / "phases.npz").exists()
+    subprocess.run(cmd + ["--out", str(tmp_path / "killed"), "--resume"], env=env, check=True, capture_output=True)
+    whole = np.load(tmp_path / "whole" / "phases.npz")["phases"]
+    resumed = np.load(tmp_path / "killed" / "phases.npz")["phases"]
+    assert np.array_equal(whole, resumed)
