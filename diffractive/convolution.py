@@ -26,6 +26,7 @@ Backends:
 """
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -55,8 +56,6 @@ def fftw_planner() -> str:
     every process on a machine, at some cost in speed (benchmarks/README.md). Read when a
     workspace is made, so set it before the first simulation of a process.
     """
-    import os  # noqa: PLC0415
-
     value = os.environ.get(PLANNER_ENV, "measure").strip().lower()
     if value not in PLANNERS:
         raise ValueError(f"{PLANNER_ENV}={os.environ[PLANNER_ENV]!r}: must be one of {list(PLANNERS)}")
@@ -120,7 +119,7 @@ class Workspace:
         else:
             self.inbuf = xp.zeros(shape, dtype=self.dtype)
             self.buf = xp.zeros(shape, dtype=self.dtype)
-        self.inbuf[...] = 0  # planning (FFTW_MEASURE) scribbles on the arrays
+        self.inbuf[...] = 0  # planning with FFTW_MEASURE overwrites the arrays it times on
         self.buf[...] = 0
 
     # -- filling ---------------------------------------------------------------------

@@ -90,9 +90,36 @@ def test_measured_loss_equals_the_trainers_loss(batch):
     sp = Superpixels((2, 24, 24), 5)
     theta = np.random.default_rng(0).random(sp.theta_shape).astype(np.float32)
     assert sp.theta_shape == (2, 5, 5) and np.array_equal(sp.theta(sp.expand(theta)), theta)
+    g = np.random.default_rng(1).standard_normal((2, 24, 24))   # block_sums is the adjoint of expand
+    assert np.isclose(np.vdot(sp.expand(theta.astype(np.float64)), g), np.vdot(theta, sp.block_sums(g)), rtol=1e-12)
+    assert np.isclose(sp.block_sums(g)[1, 4, 4], g[1, 20:, 20:].sum(), rtol=1e-12)   # the clipped corner block
     r = centered_ranks(np.array([[3.0, 1.0], [2.0, 5.0]]))
     assert r.shape == (2, 2) and np.allclose(sorted(r.ravel()), [-0.5, -1 / 6, 1 / 6, 0.5]) and r[1, 1] == 0.5
     assert np.allclose(centered_ranks([2.0, 1.0, 2.0, 0.0]), [1 / 3, -1 / 6, 1 / 3, -0.5], rtol=0, atol=1e-15)
+
+
+def test_simulated_measure_reuses_the_first_hop_with_the_bits_of_the_whole_stack(batch):
+    from diffractive.simulate import input_fields
+    from diffractive.stack import forward
+
+    design = design_from_config(tiny_config())
+    sim = SimulatedMeasure(design)
+    rng = np.random.default_rng(7)
+
+    def whole_stack(phases, images):
+        t = np.exp(1j * phases).astype(np.complex64)
+        out = forward(design.geometry, t, input_fields(design, images)).output
+        intensity = out.real ** 2 + out.imag ** 2
+        return np.stack([(intensity[:, rs, cs].astype(np.float64) * w).sum(axis=(1, 2))
+                         for rs, cs, w in sim.boxes], axis=1)
+
+    images = batch[0].numpy()
+    others = images[::-1].copy()
+    for imgs in (images, images, others, images):   # cached, cached, new batch, new again
+        phases = rng.uniform(0, 2 * np.pi, (2, 24, 24)).astype(np.float32)
+        powers = sim(phases, imgs)
+        assert powers.shape == (len(imgs), len(design.detectors))
+        assert np.array_equal(powers, whole_stack(phases, imgs))
 
 
 def _custom_measure_module(tmp_path, monkeypatch):

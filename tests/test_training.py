@@ -197,7 +197,7 @@ def test_init_from_starts_at_a_saved_design_and_refuses_other_geometry(tmp_path,
 def test_shipped_configs_parse():
     for name in ("quickstart", "lin2018-fashion", "lin2018-fashion-finetune", "lin2018-fashion-stage3",
                  "lin2018-fashion-stage4", "lin2018-fashion-stage5",
-                 "lin2018-fashion-stage6",
+                 "lin2018-fashion-stage6", "lin2018-fashion-stage7",
                  "lin2018-fashion-differential",
                  "lin2018-mnist"):
         cfg = load_config(Path(__file__).resolve().parents[1] / "designs" / f"{name}.toml")

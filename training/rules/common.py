@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 
@@ -29,6 +30,12 @@ class SimulatedMeasure:
     units, in the order of ``design.detectors``. Each detector's power is summed over its
     own bounding box in a fixed order (no BLAS), so the same call gives the same bits in
     any process.
+
+    The field arriving at the first layer depends on the images alone, so it is computed
+    once per batch and kept while the same ``images`` array is measured again (ES, SPSA
+    and GA measure every member of a population on one batch): each call then runs the
+    ``L`` hops after the first mask, not ``L + 1``, with the same operations in the same
+    order as :func:`diffractive.stack.forward` of the whole stack, so the same bits.
     """
 
     def __init__(self, design, workers=None):
@@ -41,19 +48,26 @@ class SimulatedMeasure:
             rows, cols = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
             r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
             self.boxes.append((slice(r0, r1), slice(c0, c1), m[r0:r1, c0:c1].astype(np.float64)))
+        # input plane -> first layer (no masks), and first layer -> output plane
+        self._first_hop = dataclasses.replace(self.geometry, distances_m=self.geometry.distances_m[:1])
+        self._after_first = dataclasses.replace(self.geometry, distances_m=self.geometry.distances_m[1:])
         self._images = None
-        self._fields = None
+        self._arrivals = None
         self.calls = 0
 
-    def fields(self, images, xp=np):
-        if images is not self._images or get_array_module(self._fields) is not xp:
-            self._images, self._fields = images, input_fields(self.design, images, xp)
-        return self._fields
+    def arrivals(self, images, xp=np):
+        """Field (B, ny, nx) arriving at the first layer, cached for the last ``images``."""
+        if images is not self._images or get_array_module(self._arrivals) is not xp:
+            fields = xp.asarray(input_fields(self.design, images, xp), dtype=np.complex64)
+            no_masks = xp.empty((0,) + fields.shape[1:], dtype=np.complex64)
+            self._arrivals = forward(self._first_hop, no_masks, fields, workers=self.workers).output
+            self._images = images
+        return self._arrivals
 
     def __call__(self, phases, images):
         xp = get_array_module(phases)
         t = xp.exp(1j * xp.asarray(phases, dtype=np.float32)).astype(np.complex64)
-        out = forward(self.geometry, t, self.fields(images, xp), workers=self.workers).output
+        out = forward(self._after_first, t[1:], self.arrivals(images, xp) * t[0], workers=self.workers).output
         intensity = out.real ** 2 + out.imag ** 2
         if xp is not np:
             intensity = intensity.get()
@@ -134,6 +148,17 @@ class Superpixels:
             return theta
         _, ny, nx = self.shape
         return np.repeat(np.repeat(theta, b, axis=1), b, axis=2)[:, :ny, :nx]
+
+    def block_sums(self, values):
+        """Sum of ``values`` (L, ny, nx) over each block, shape ``theta_shape``: the adjoint
+        of :meth:`expand`, so the gradient with respect to the parameters is
+        ``block_sums(gradient with respect to the phases)``."""
+        b = self.block
+        L, ny, nx = self.shape
+        _, ty, tx = self.theta_shape
+        padded = np.zeros((L, ty * b, tx * b), dtype=np.asarray(values).dtype)
+        padded[:, :ny, :nx] = values
+        return padded.reshape(L, ty, b, tx, b).sum(axis=(2, 4))
 
 
 class Adam:
