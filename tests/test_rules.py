@@ -114,12 +114,15 @@ def test_simulated_measure_reuses_the_first_hop_with_the_bits_of_the_whole_stack
                          for rs, cs, w in sim.boxes], axis=1)
 
     images = batch[0].numpy()
-    others = images[::-1].copy()
-    for imgs in (images, images, others, images):   # cached, cached, new batch, new again
+    buffer = images.copy()
+    for refill in (None, None, images[::-1], images[:, ::-1], images):   # cached, new batches refilled in place
+        if refill is not None:
+            buffer[...] = refill
         phases = rng.uniform(0, 2 * np.pi, (2, 24, 24)).astype(np.float32)
-        powers = sim(phases, imgs)
-        assert powers.shape == (len(imgs), len(design.detectors))
-        assert np.array_equal(powers, whole_stack(phases, imgs))
+        powers = sim(phases, buffer)
+        assert powers.shape == (len(images), len(design.detectors))
+        assert np.array_equal(powers, whole_stack(phases, buffer))
+    assert np.array_equal(sim(phases, images[:5]), whole_stack(phases, images[:5]))   # another batch size
 
 
 def _custom_measure_module(tmp_path, monkeypatch):

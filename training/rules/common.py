@@ -32,7 +32,7 @@ class SimulatedMeasure:
     any process.
 
     The field arriving at the first layer depends on the images alone, so it is computed
-    once per batch and kept while the same ``images`` array is measured again (ES, SPSA
+    once per batch and kept while the same images are measured again (ES, SPSA
     and GA measure every member of a population on one batch): each call then runs the
     ``L`` hops after the first mask, not ``L + 1``, with the same operations in the same
     order as :func:`diffractive.stack.forward` of the whole stack, so the same bits.
@@ -56,12 +56,20 @@ class SimulatedMeasure:
         self.calls = 0
 
     def arrivals(self, images, xp=np):
-        """Field (B, ny, nx) arriving at the first layer, cached for the last ``images``."""
-        if images is not self._images or get_array_module(self._arrivals) is not xp:
+        """Field (B, ny, nx) arriving at the first layer, cached for the last ``images``.
+
+        The cache is keyed on the images' values (a copy is kept and compared, which costs
+        far less than a hop), so a caller that refills one buffer in place is served right.
+        """
+        ixp = get_array_module(images)
+        same = (self._images is not None and get_array_module(self._arrivals) is xp
+                and get_array_module(self._images) is ixp and self._images.shape == images.shape
+                and bool(ixp.array_equal(self._images, images)))
+        if not same:
             fields = xp.asarray(input_fields(self.design, images, xp), dtype=np.complex64)
             no_masks = xp.empty((0,) + fields.shape[1:], dtype=np.complex64)
             self._arrivals = forward(self._first_hop, no_masks, fields, workers=self.workers).output
-            self._images = images
+            self._images = images.copy()
         return self._arrivals
 
     def __call__(self, phases, images):
