@@ -63,8 +63,7 @@ class SimulatedMeasure:
         """
         ixp = get_array_module(images)
         same = (self._images is not None and get_array_module(self._arrivals) is xp
-                and get_array_module(self._images) is ixp and self._images.shape == images.shape
-                and bool(ixp.array_equal(self._images, images)))
+                and get_array_module(self._images) is ixp and bool(ixp.array_equal(self._images, images)))
         if not same:
             fields = xp.asarray(input_fields(self.design, images, xp), dtype=np.complex64)
             no_masks = xp.empty((0,) + fields.shape[1:], dtype=np.complex64)
@@ -77,12 +76,14 @@ class SimulatedMeasure:
         t = xp.exp(1j * xp.asarray(phases, dtype=np.float32)).astype(np.complex64)
         out = forward(self._after_first, t[1:], self.arrivals(images, xp) * t[0], workers=self.workers).output
         intensity = out.real ** 2 + out.imag ** 2
-        if xp is not np:
-            intensity = intensity.get()
+        self.calls += 1
+        return self.powers(intensity.get() if xp is not np else intensity)
+
+    def powers(self, intensity):
+        """Detector powers (B, K) float64 from output-plane intensity (B, ny, nx) (NumPy)."""
         powers = np.empty((len(intensity), len(self.boxes)), dtype=np.float64)
         for k, (rs, cs, w) in enumerate(self.boxes):
             powers[:, k] = (intensity[:, rs, cs].astype(np.float64) * w).sum(axis=(1, 2))
-        self.calls += 1
         return powers
 
 
