@@ -50,7 +50,3 @@ class Grid:
     def meshgrid(self) -> tuple[np.ndarray, np.ndarray]:
         """``(X, Y)`` of shape (ny, nx), metres."""
         return np.meshgrid(self.x_m(), self.y_m(), indexing="xy")
-
-    def index_of(self, x_m: float, y_m: float) -> tuple[float, float]:
-        """Fractional (row, column) index of the point (x, y)."""
-        return y_m / self.pitch_m + (self.ny - 1) / 2, x_m / self.pitch_m + (self.nx - 1) / 2

@@ -1,4 +1,4 @@
-"""Thin optical elements: phase layers and apertures.
+"""Thin optical elements: the complex transmission of a phase (or complex) layer.
 
 A layer multiplies the field by its complex transmission ``t = A * exp(i*phi)``. With the
 ``exp(-i*omega*t)`` convention, ``exp(+i*phi)`` is the factor that extra optical path
@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import finite_array, positive_finite
+from ._validate import finite_array
 from .backend import get_array_module
-from .grid import Grid
 
 
 def transmission(phase, amplitude=None, dtype=None):
@@ -37,26 +36,3 @@ def transmission(phase, amplitude=None, dtype=None):
             raise ValueError("amplitude transmission must lie in [0, 1]")
         t = t * amplitude
     return t.astype(dtype, copy=False)
-
-
-def modulate(field, phase, amplitude=None):
-    """Field after a thin layer: ``field * amplitude * exp(i*phase)`` (broadcasting)."""
-    t = transmission(phase, amplitude, dtype=np.result_type(field.dtype, np.complex64))
-    return field * t
-
-
-def rect_aperture(grid: Grid, width_m: float, height_m: float | None = None, center_m=(0.0, 0.0), xp=np):
-    """Binary mask (ny, nx), 1 where the pixel centre lies inside the rectangle."""
-    width_m = positive_finite("width_m", width_m)
-    height_m = width_m if height_m is None else positive_finite("height_m", height_m)
-    X, Y = grid.meshgrid()
-    inside = (np.abs(X - center_m[0]) <= width_m / 2 + 1e-12) & (np.abs(Y - center_m[1]) <= height_m / 2 + 1e-12)
-    return xp.asarray(inside.astype(np.float64))
-
-
-def circ_aperture(grid: Grid, radius_m: float, center_m=(0.0, 0.0), xp=np):
-    """Binary mask (ny, nx), 1 where the pixel centre lies within ``radius_m``."""
-    radius_m = positive_finite("radius_m", radius_m)
-    X, Y = grid.meshgrid()
-    inside = (X - center_m[0]) ** 2 + (Y - center_m[1]) ** 2 <= radius_m**2
-    return xp.asarray(inside.astype(np.float64))

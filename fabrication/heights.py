@@ -196,17 +196,6 @@ def height_to_transmission(height_m, wavelength_m, n, kappa):
     return amplitude * lib.exp(1j * phase)
 
 
-def steps_to_height(steps, z_step_m):
-    """Heights in metres (float64; torch: float64 tensor) from whole printer layers."""
-    z = check_z_step(z_step_m)
-    kind, lib = _lib(steps)
-    if kind == "torch":
-        return steps.to(lib.float64) * z
-    if kind == "numpy":
-        steps = np.asarray(steps)
-    return steps.astype(np.float64) * z
-
-
 def phase_to_transmission(phase, wavelength_m, n, kappa, *, base_m=0.0, z_step_m=None):
     """The printed model in one call: phase -> (quantised) height -> complex transmission."""
     h = phase_to_height(phase, wavelength_m, n, base_m=base_m, z_step_m=z_step_m)

@@ -272,17 +272,6 @@ def height_field_mesh(hf: HeightField, saddle_offset_mm: float = 1e-3) -> Mesh:
     return Mesh(vertices=V, faces=np.concatenate(faces), n_saddles=int(len(sad_nodes)))
 
 
-# --------------------------------------------------------------------------- properties
-def mesh_volume(vertices, faces, chunk=2_000_000) -> float:
-    """Signed volume (divergence theorem); positive for an outward-wound closed mesh."""
-    total = 0.0
-    for s in range(0, len(faces), chunk):
-        f = faces[s:s + chunk]
-        v0, v1, v2 = vertices[f[:, 0]], vertices[f[:, 1]], vertices[f[:, 2]]
-        total += float(np.einsum("ij,ij->", v0, np.cross(v1, v2), dtype=np.float64))
-    return total / 6.0
-
-
 # --------------------------------------------------------------------------- binary STL
 _STL_DTYPE = np.dtype([("normal", "<f4", (3,)), ("v", "<f4", (3, 3)), ("attr", "<u2")])
 

@@ -204,19 +204,3 @@ def parse_prusa_info(text: str) -> dict:
         raise ValueError("prusa-slicer --info output has no 'manifold' / 'number_of_facets' lines")
     out["ok"] = out["manifold"] == "yes" and out.get("open_edges", "0") == "0"
     return out
-
-
-def external_checks(path, timeout=300) -> dict:
-    """Run admesh and prusa-slicer --info (those installed) on ``path``; parsed results by tool."""
-    import shutil  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
-
-    res = {}
-    if shutil.which("admesh"):
-        p = subprocess.run(["admesh", str(path)], capture_output=True, text=True, timeout=timeout)
-        res["admesh"] = parse_admesh(p.stdout + p.stderr)
-    exe = shutil.which("prusa-slicer") or shutil.which("PrusaSlicer")
-    if exe:
-        p = subprocess.run([exe, "--info", str(path)], capture_output=True, text=True, timeout=timeout)
-        res["prusa-slicer"] = parse_prusa_info(p.stdout + p.stderr)
-    return res
