@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffractive.backend import cpu_workers  # noqa: E402
 from diffractive.convolution import HAVE_PYFFTW, fft_backend_name, fftw_planner, run_chunks  # noqa: E402
 from diffractive.layers import transmission  # noqa: E402
-from diffractive.stack import StackGeometry, engine, forward  # noqa: E402
+from diffractive.stack import StackGeometry, forward, shared_engine  # noqa: E402
 
 WAVELENGTH, PITCH, LAYER, GAP, N_LAYERS = 0.75e-3, 0.4e-3, (200, 200), 30e-3, 5
 # the planner the stack's workspaces use ($D2NN_FFTW_PLANNER, diffractive.convolution)
@@ -134,7 +134,7 @@ def main(argv=None):
     fields = (rng.standard_normal((args.batch,) + LAYER) + 1j * rng.standard_normal((args.batch,) + LAYER)
               ).astype(dtype)
     t0 = time.perf_counter()
-    engine(geometry, dtype)  # transfer functions are made once per geometry; not part of the timing
+    shared_engine(geometry, dtype)  # transfer functions are made once per geometry; not part of the timing
     setup_s = time.perf_counter() - t0
 
     def stack():

@@ -27,6 +27,7 @@ Backends:
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -54,12 +55,32 @@ def fftw_planner() -> str:
     simulation run in two processes may differ in the last bit of single precision.
     ``estimate`` (FFTW_ESTIMATE) picks by heuristics: the same plan, hence the same bits, in
     every process on a machine, at some cost in speed (benchmarks/README.md). Read when a
-    workspace is made, so set it before the first simulation of a process.
+    workspace is made, so set it before the first simulation of a process: engines already
+    cached keep their plans until :func:`diffractive.clear_caches`.
     """
     value = os.environ.get(PLANNER_ENV, "measure").strip().lower()
     if value not in PLANNERS:
         raise ValueError(f"{PLANNER_ENV}={os.environ[PLANNER_ENV]!r}: must be one of {list(PLANNERS)}")
     return value
+
+
+def clear_fft_caches() -> None:
+    """Forget the FFT libraries' process-wide state (part of :func:`diffractive.clear_caches`).
+
+    FFTW keeps the *wisdom* of every plan it has measured and reuses it for later plans,
+    also for ``estimate`` ones, so a new ``$D2NN_FFTW_PLANNER`` setting needs it forgotten.
+    If CuPy is loaded (it is never imported here), its cuFFT plan cache is cleared and
+    the unused blocks of its memory pool go back to the device.
+    """
+    if HAVE_PYFFTW:
+        pyfftw.forget_wisdom()
+    cupy = sys.modules.get("cupy")
+    if cupy is not None:
+        try:
+            cupy.fft.config.get_plan_cache().clear()
+            cupy.get_default_memory_pool().free_all_blocks()
+        except Exception:  # pragma: no cover - CuPy without a usable device: nothing is held
+            pass
 
 
 def fft_backend_name(xp=np) -> str:
@@ -90,6 +111,8 @@ class Workspace:
     batch : int
         Leading batch size ``b`` of the buffers (1 for the per-sample CPU path).
     xp : numpy or cupy
+
+    ``planner`` records the FFTW planner its plans were made with (``None`` without FFTW).
     """
 
     def __init__(self, field_shape, window_shape, dtype, batch=1, xp=np, use_pyfftw=None):
@@ -107,7 +130,8 @@ class Workspace:
             self.buf = pyfftw.empty_aligned(shape, dtype=self.dtype)
             a, b, nx = self.inbuf, self.buf, self.nx
             a_cols, b_cols = a[:, :, :nx], b[:, :, :nx]
-            planner = "FFTW_" + fftw_planner().upper()
+            self.planner = fftw_planner()
+            planner = "FFTW_" + self.planner.upper()
             kw = dict(flags=(planner, "FFTW_DESTROY_INPUT"), threads=1)
             self._fwd_cols = pyfftw.FFTW(a_cols, a_cols, axes=(1,), direction="FFTW_FORWARD", **kw)
             # out of place and input-preserving (FFTW's default for c2c): inbuf's zero columns survive
@@ -117,6 +141,7 @@ class Workspace:
             self._inv_cols = pyfftw.FFTW(b_cols, b_cols, axes=(1,), direction="FFTW_BACKWARD", normalise_idft=False,
                                          **kw)
         else:
+            self.planner = None  # no FFTW plans
             self.inbuf = xp.zeros(shape, dtype=self.dtype)
             self.buf = xp.zeros(shape, dtype=self.dtype)
         self.inbuf[...] = 0  # planning with FFTW_MEASURE overwrites the arrays it times on

@@ -22,6 +22,29 @@ Physics (the conventions every part of d2nn shares):
   bandwidth that costs.
 * The adjoint of a hop (crop . IFFT . H . FFT . pad) is the same hop with ``conj(H)``,
   which for propagating waves equals propagation by ``-z``.
+
+The engine
+----------
+:class:`Engine` is the one object that runs hops. *A stack is made of hops*: an engine
+is a chain of hops on one grid and one window, holding each hop's ``H`` and ``conj(H)``,
+one pool of FFT workspaces (:mod:`diffractive.convolution`) and the one dispatch. A
+single propagation is an engine of one hop (:meth:`Engine.hop`, what :func:`propagate`
+runs); a stack of ``L`` layers is an engine of ``L + 1`` hops with the layers' masks
+applied between them (:meth:`Engine.forward` / :meth:`Engine.backward`, whose model and
+gradient :mod:`diffractive.stack` documents). This way round because the layers are data
+passed per call while the hops are what is expensive to set up, and a one-hop stack is
+then :func:`propagate` bit for bit. The dispatch: on NumPy each worker thread pushes one
+sample at a time through all the hops of a call on its own single-threaded workspace, so
+the buffers stay in cache; on CuPy the whole batch goes through at once.
+
+An engine belongs to whoever makes it, and its memory goes when they drop it.
+:func:`propagate` and :func:`diffractive.stack.forward` / ``backward`` instead share
+process-wide engines (:func:`shared_engine`: the last 32 single hops and the last 8
+stacks). **These caches hold transfer functions, FFTW plans with their aligned buffers
+(one per worker thread) and, on CuPy, GPU memory, for the life of the process**, and
+``$D2NN_FFTW_PLANNER`` (read when a workspace is planned) is ignored by engines already
+cached. :func:`clear_caches` (also ``diffractive.clear_caches``) drops them and FFTW's
+wisdom; the next call plans afresh with the current planner setting.
 """
 from __future__ import annotations
 
@@ -34,7 +57,7 @@ import numpy as np
 
 from ._validate import field_array, finite_real, positive_finite, shape2
 from .backend import get_array_module
-from .convolution import WorkspacePool, run_chunks
+from .convolution import WorkspacePool, clear_fft_caches, run_chunks
 
 
 class SamplingWarning(UserWarning):
@@ -174,82 +197,275 @@ def complex_dtype_for(dtype) -> np.dtype:
     return np.dtype(np.complex64) if dtype in (np.float32, np.complex64, np.float16) else np.dtype(np.complex128)
 
 
-class AngularSpectrum:
-    """A cached propagator for one geometry: the transfer function and FFT workspaces.
+class Engine:
+    """The one object that runs hops: transfer functions, FFT workspaces and the dispatch.
 
-    The stateful wrapper around :func:`transfer_function` and
-    :class:`~diffractive.convolution.Workspace`; :func:`propagate` builds (and caches)
-    one of these per geometry. Call it on fields of shape ``(..., ny, nx)``.
+    A chain of ``len(distances_m)`` hops on one grid and one window (see "The engine" in
+    the module docstring): a single propagation is a one-hop engine, a stack of ``L``
+    layers an engine of ``L + 1`` hops. The engine belongs to whoever made it; the
+    functional entries share cached ones (:func:`shared_engine`).
+
+    Parameters
+    ----------
+    field_shape : (ny, nx)
+        Grid of the fields entering and leaving every hop, pixels.
+    wavelength_m, pitch_m : float
+        Metres, positive.
+    distances_m : sequence of float
+        Metres, finite, either sign (negative propagates backwards); one per hop.
+    window_shape : (NY, NX), optional
+        Padded FFT window, at least ``field_shape``; default :func:`default_window`.
+    band_limit : bool
+        Apply the band limit of the module docstring (default True).
+    dtype : complex64 or complex128
+        Precision of the transfer functions, workspaces and results.
+    xp : numpy or cupy
+    check : "warn" | "error" | "ignore"
+        What to do when a hop's :class:`SamplingReport` finds lost bandwidth.
+
+    Attributes
+    ----------
+    H, H_adjoint : lists of (NY, NX) arrays, FFT order
+        Each hop's transfer function (``1/(NY*NX)`` folded in) and its conjugate.
+    reports : list of :class:`SamplingReport`, one per hop.
     """
 
-    def __init__(self, field_shape, *, wavelength_m, pitch_m, distance_m, window_shape=None,
+    def __init__(self, field_shape, *, wavelength_m, pitch_m, distances_m, window_shape=None,
                  band_limit=True, dtype=np.complex64, xp=np, check="warn"):
         self.field_shape = shape2("field shape", field_shape)
-        self.wavelength_m = positive_finite("wavelength", wavelength_m)
-        self.pitch_m = positive_finite("pitch", pitch_m)
-        self.distance_m = finite_real("distance", distance_m)
-        self.window_shape = default_window(self.field_shape) if window_shape is None else shape2("window_shape", window_shape)
+        self.wavelength_m = positive_finite("wavelength_m", wavelength_m)
+        self.pitch_m = positive_finite("pitch_m", pitch_m)
+        self.distances_m = tuple(finite_real(f"distances_m[{i}]", z) for i, z in enumerate(distances_m))
+        if not self.distances_m:
+            raise ValueError("distances_m must hold at least one distance")
+        self.window_shape = (default_window(self.field_shape) if window_shape is None
+                             else shape2("window_shape", window_shape))
         if any(N < n for n, N in zip(self.field_shape, self.window_shape)):
             raise ValueError(f"window_shape {list(self.window_shape)} must be at least the field shape "
                              f"{list(self.field_shape)}")
         self.band_limit = bool(band_limit)
         self.dtype = np.dtype(dtype)
         self.xp = xp
-        self.report = sampling_report(self.field_shape, self.window_shape, self.pitch_m, self.wavelength_m,
-                                      self.distance_m, self.band_limit)
-        check_sampling(self.report, check, context=f"propagating {self.distance_m * 1e3:.4g} mm")
-        args = (self.field_shape, self.window_shape, self.pitch_m, self.wavelength_m, self.distance_m)
-        self.H = transfer_function(*args, band_limit=self.band_limit, dtype=self.dtype, xp=xp)
-        self.H_adjoint = xp.conj(self.H)
-        self._pool = WorkspacePool(self.field_shape, self.window_shape, self.dtype, xp)
+        self.reports = [sampling_report(self.field_shape, self.window_shape, self.pitch_m, self.wavelength_m, z,
+                                        self.band_limit) for z in self.distances_m]
+        for i, (r, z) in enumerate(zip(self.reports, self.distances_m)):
+            where = f"propagating {z * 1e3:.4g} mm" if self.n_hops == 1 else f"hop {i} ({z * 1e3:.4g} mm)"
+            check_sampling(r, check, context=where)
+        self.H = [transfer_function(self.field_shape, self.window_shape, self.pitch_m, self.wavelength_m, z,
+                                    band_limit=self.band_limit, dtype=self.dtype, xp=xp) for z in self.distances_m]
+        self.H_adjoint = [xp.conj(h) for h in self.H]
+        self.pool = WorkspacePool(self.field_shape, self.window_shape, self.dtype, xp)
 
-    def __call__(self, field, *, adjoint=False, workers=None):
-        """Propagate ``field`` (..., ny, nx) by ``distance_m`` (or apply the adjoint)."""
-        xp = self.xp
+    @property
+    def n_hops(self) -> int:
+        """Number of hops (free-space gaps) in the chain."""
+        return len(self.distances_m)
+
+    @property
+    def key(self) -> tuple:
+        """``(field_shape, wavelength_m, pitch_m, distances_m, window_shape, band_limit)``:
+        engines with equal keys compute the same hops."""
+        return (self.field_shape, self.wavelength_m, self.pitch_m, self.distances_m, self.window_shape,
+                self.band_limit)
+
+    # -- the dispatch ----------------------------------------------------------------
+    def _dispatch(self, step, batch: int, workers=None, state=None) -> list:
+        """Run ``step(ws, sl, st)`` over a batch of ``batch`` samples.
+
+        NumPy: contiguous chunks in worker threads (:func:`~diffractive.convolution.run_chunks`),
+        each on its thread's single-sample workspace with ``sl = slice(i, i + 1)``, one
+        sample at a time through every hop the step runs, so the buffers stay in cache.
+        CuPy: one call with a batched workspace and ``sl = slice(0, batch)``.
+        ``state()`` (if given) makes per-chunk scratch ``st`` once per chunk, never per
+        sample. Returns the chunks' ``st`` in order (one entry on CuPy).
+        """
+        if self.xp is np:
+            pool = self.pool
+
+            def chunk(a, b):
+                ws = pool.per_thread()
+                st = None if state is None else state()
+                for i in range(a, b):
+                    step(ws, slice(i, i + 1), st)
+                return st
+            return run_chunks(chunk, batch, workers)
+        st = None if state is None else state()
+        step(self.pool.batched(batch), slice(0, batch), st)
+        return [st]
+
+    # -- one hop -----------------------------------------------------------------------
+    def hop(self, field, *, index=0, adjoint=False, workers=None):
+        """Apply hop ``index`` (or its adjoint, ``conj(H)``) to ``field`` (..., ny, nx).
+
+        Returns a new array of shape ``field.shape`` and the engine's dtype. ``workers``:
+        CPU threads (default all cores available to the process; ignored on CuPy).
+        """
         if field.shape[-2:] != self.field_shape:
             raise ValueError(f"field's last two axes {field.shape[-2:]} do not match the grid {self.field_shape}")
-        H = self.H_adjoint if adjoint else self.H
+        H = (self.H_adjoint if adjoint else self.H)[index]
         lead = field.shape[:-2]
         flat = field.reshape((-1,) + self.field_shape)
-        out = xp.empty(flat.shape, dtype=self.dtype)
-        if xp is np:
-            def work(a, b):
-                ws = self._pool.per_thread()
-                for i in range(a, b):
-                    ws.load(flat[i])
-                    ws.hop(H)
-                    out[i] = ws.result()[0]
-            run_chunks(work, flat.shape[0], workers)
-        else:
-            ws = self._pool.batched(flat.shape[0])
-            ws.load(flat)
+        out = self.xp.empty(flat.shape, dtype=self.dtype)
+
+        def step(ws, sl, _):
+            ws.load(flat[sl])
             ws.hop(H)
-            out[...] = ws.result()
+            out[sl] = ws.result()
+        self._dispatch(step, flat.shape[0], workers)
         return out.reshape(lead + self.field_shape)
 
-    def adjoint(self, field, **kw):
-        """Apply the adjoint (propagation with ``conj(H)``)."""
-        return self(field, adjoint=True, **kw)
+    # -- a stack: layers between the hops ----------------------------------------------
+    def _check_stack_inputs(self, transmissions, fields):
+        from ._validate import finite_array  # noqa: PLC0415
+
+        L, (ny, nx) = self.n_hops - 1, self.field_shape
+        if transmissions.shape != (L, ny, nx):
+            raise ValueError(f"transmissions must have shape {(L, ny, nx)} (layers, ny, nx), got {transmissions.shape}")
+        if fields.ndim != 3 or fields.shape[1:] != (ny, nx):
+            raise ValueError(f"input fields must have shape (batch, {ny}, {nx}), got {fields.shape}")
+        finite_array("transmissions", transmissions, self.xp)
+        finite_array("input fields", fields, self.xp)
+
+    def forward(self, transmissions, fields, *, keep_arrivals=False, workers=None):
+        """Hop, multiply by ``transmissions[l]``, ..., hop: the stack's forward pass.
+
+        ``transmissions`` (L, ny, nx) complex with ``L = n_hops - 1``; ``fields``
+        (B, ny, nx) complex, both cast to the engine's dtype. Returns ``(output, arrivals)``:
+        the output-plane fields (B, ny, nx) and, with ``keep_arrivals``, the fields arriving
+        at each layer before its mask (L, B, ny, nx), else ``None``.
+        """
+        xp, dtype = self.xp, self.dtype
+        transmissions = xp.asarray(transmissions, dtype=dtype)
+        fields = xp.asarray(fields, dtype=dtype)
+        self._check_stack_inputs(transmissions, fields)
+        H, L = self.H, self.n_hops - 1
+        out = xp.empty(fields.shape, dtype=dtype)
+        arrivals = xp.empty((L,) + fields.shape, dtype=dtype) if keep_arrivals else None
+
+        def step(ws, sl, _):
+            ws.load(fields[sl])
+            for l in range(L):
+                ws.hop(H[l])
+                if keep_arrivals:
+                    arrivals[l, sl] = ws.result()
+                ws.modulate(transmissions[l])
+            ws.hop(H[L])
+            out[sl] = ws.result()
+        self._dispatch(step, fields.shape[0], workers)
+        return out, arrivals
+
+    def backward(self, output, arrivals, transmissions, grad_intensity=None, *, grad_output=None,
+                 need_input_grad=False, workers=None):
+        """The stack's adjoint pass (the gradient of :mod:`diffractive.stack`'s docstring).
+
+        ``output`` (B, ny, nx) and ``arrivals`` (L, B, ny, nx) from :meth:`forward` with
+        ``keep_arrivals``; ``transmissions`` (L, ny, nx) as given to it. Give either
+        ``grad_intensity`` = dL/dI (B, ny, nx) real for ``I = |output|^2`` or ``grad_output``
+        = 2 dL/du* (B, ny, nx) complex. Returns ``(g_t, g_in)``: ``g_t`` (L, ny, nx)
+        complex, summed over the batch, and the input-field gradient (B, ny, nx) if
+        ``need_input_grad`` else ``None``.
+        """
+        if arrivals is None:
+            raise ValueError("backward needs forward(..., keep_arrivals=True)")
+        xp, dtype, out, t = self.xp, output.dtype, output, transmissions
+        H_adj, L = self.H_adjoint, self.n_hops - 1
+        t_conj = xp.conj(t)
+        g_in = xp.empty(out.shape, dtype=dtype) if need_input_grad else None
+        if (grad_intensity is None) == (grad_output is None):
+            raise ValueError("give exactly one of grad_intensity and grad_output")
+
+        def step(ws, sl, st):
+            acc, tmp = st
+            if grad_output is not None:
+                ws.load(grad_output[sl])
+            else:
+                ws.load(out[sl], 2 * grad_intensity[sl].astype(out.real.dtype, copy=False))
+            ws.hop(H_adj[L])
+            for l in range(L - 1, -1, -1):
+                a = ws.result()
+                if tmp is None:
+                    acc[l] += (xp.conj(arrivals[l, sl]) * a).sum(axis=0)
+                else:  # one sample: accumulate without temporaries
+                    xp.conjugate(arrivals[l, sl.start], out=tmp)
+                    xp.multiply(tmp, a[0], out=tmp)
+                    acc[l] += tmp
+                if l == 0 and not need_input_grad:
+                    break
+                ws.modulate(t_conj[l])
+                ws.hop(H_adj[l])
+            if need_input_grad:
+                g_in[sl] = ws.result()
+
+        if xp is np:  # per-thread accumulator and scratch, made once per chunk
+            def state():
+                return np.zeros(t.shape, dtype=dtype), np.empty(t.shape[1:], dtype=dtype)
+            g_t = sum(acc for acc, _ in self._dispatch(step, out.shape[0], workers, state))
+        else:
+            g_t = self._dispatch(step, out.shape[0], workers, lambda: (xp.zeros(t.shape, dtype=dtype), None))[0][0]
+        return g_t, g_in
 
 
+# -- process-wide shared engines --------------------------------------------------------
+# Two caches so that many single hops (propagate; a training step's per-hop adjoints use
+# L + 1 of them) do not evict the few stack engines, which hold L + 1 transfer functions each.
 @functools.lru_cache(maxsize=32)
-def _cached_propagator(field_shape, wavelength_m, pitch_m, distance_m, window_shape, band_limit, dtype, xp):
-    return AngularSpectrum(field_shape, wavelength_m=wavelength_m, pitch_m=pitch_m, distance_m=distance_m,
-                           window_shape=window_shape, band_limit=band_limit, dtype=dtype, xp=xp, check="ignore")
+def _single_hop_engines(key, dtype, xp):
+    shape, wavelength_m, pitch_m, distances_m, window, band_limit = key
+    return Engine(shape, wavelength_m=wavelength_m, pitch_m=pitch_m, distances_m=distances_m, window_shape=window,
+                  band_limit=band_limit, dtype=dtype, xp=xp, check="ignore")
 
 
-def propagate(field, *, wavelength, pitch, distance, window_shape=None, band_limit=True, adjoint=False,
+@functools.lru_cache(maxsize=8)
+def _chain_engines(key, dtype, xp):
+    return _single_hop_engines.__wrapped__(key, dtype, xp)
+
+
+def shared_engine(field_shape, *, wavelength_m, pitch_m, distances_m, window_shape=None, band_limit=True,
+                  dtype=np.complex64, xp=np) -> Engine:
+    """The process-wide :class:`Engine` for these hops, made on first use and then reused.
+
+    Arguments as for :class:`Engine` (no sampling check: callers check). The last 32
+    single-hop and the last 8 multi-hop engines are kept until :func:`clear_caches`.
+    """
+    shape = shape2("field shape", field_shape)
+    window = default_window(shape) if window_shape is None else shape2("window_shape", window_shape)
+    key = (shape, float(wavelength_m), float(pitch_m), tuple(float(z) for z in distances_m), window,
+           bool(band_limit))
+    cache = _single_hop_engines if len(key[3]) == 1 else _chain_engines
+    return cache(key, np.dtype(dtype), xp)
+
+
+def clear_caches() -> None:
+    """Drop every process-wide cache of the physics core, so its memory can be freed.
+
+    The shared engines (:func:`shared_engine`, used by :func:`propagate` and
+    :mod:`diffractive.stack`) hold transfer functions, FFT workspaces with their FFTW
+    plans (one per worker thread) or GPU memory, for the life of the process. This also
+    forgets FFTW's accumulated wisdom and, if CuPy is loaded, its FFT plan cache and the
+    unused blocks of its memory pool (:func:`diffractive.convolution.clear_fft_caches`).
+    Engines you hold yourself are not touched. The FFTW planner (``$D2NN_FFTW_PLANNER``)
+    is read when a workspace is made, so a new setting takes effect for cached engines
+    only after this call.
+    """
+    _single_hop_engines.cache_clear()
+    _chain_engines.cache_clear()
+    clear_fft_caches()
+
+
+def propagate(field, *, wavelength_m, pitch_m, distance_m, window_shape=None, band_limit=True, adjoint=False,
               check="warn", workers=None):
     """Propagate a complex field between parallel planes by the angular-spectrum method.
+
+    Runs the process-wide one-hop :class:`Engine` for this geometry (:func:`shared_engine`).
 
     Parameters
     ----------
     field : array (..., ny, nx), NumPy or CuPy
         Complex amplitude sampled on the grid (leading batch axes allowed). Real input is
         treated as a complex field with zero phase. complex64/float32 stay single precision.
-    wavelength, pitch : float
+    wavelength_m, pitch_m : float
         Metres, positive.
-    distance : float
+    distance_m : float
         Metres, either sign (negative propagates backwards).
     window_shape : (NY, NX), optional
         Padded FFT window; default 2x the grid, rounded up to a fast FFT size.
@@ -264,17 +480,18 @@ def propagate(field, *, wavelength, pitch, distance, window_shape=None, band_lim
 
     Returns
     -------
-    array, same shape and library as ``field``: the field on the same grid at ``distance``.
+    array, same shape and library as ``field``: the field on the same grid at ``distance_m``.
     """
     xp = get_array_module(field)
     field = xp.asarray(field)
     field_array("field", field, xp)
-    wavelength = positive_finite("wavelength", wavelength)
-    pitch = positive_finite("pitch", pitch)
-    distance = finite_real("distance", distance)
+    wavelength_m = positive_finite("wavelength_m", wavelength_m)
+    pitch_m = positive_finite("pitch_m", pitch_m)
+    distance_m = finite_real("distance_m", distance_m)
     field_shape = tuple(int(n) for n in field.shape[-2:])
     window = default_window(field_shape) if window_shape is None else shape2("window_shape", window_shape)
     dtype = complex_dtype_for(field.dtype)
-    prop = _cached_propagator(field_shape, wavelength, pitch, distance, window, bool(band_limit), dtype, xp)
-    check_sampling(prop.report, check, context=f"propagating {distance * 1e3:.4g} mm")
-    return prop(field.astype(dtype, copy=False), adjoint=adjoint, workers=workers)
+    eng = shared_engine(field_shape, wavelength_m=wavelength_m, pitch_m=pitch_m, distances_m=(distance_m,),
+                        window_shape=window, band_limit=band_limit, dtype=dtype, xp=xp)
+    check_sampling(eng.reports[0], check, context=f"propagating {distance_m * 1e3:.4g} mm")
+    return eng.hop(field.astype(dtype, copy=False), adjoint=adjoint, workers=workers)

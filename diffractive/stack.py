@@ -22,21 +22,24 @@ gives ``dL/dphi = Im(conj(t) * g_t)`` (equivalently ``-Im(conj(a) v)`` with ``v 
 and ``dL/dA = Re(conj(g_t) * exp(i*phi))``. ``g_t`` uses PyTorch's convention for
 gradients of complex tensors, so the torch bridge passes it through unchanged.
 
-On NumPy each worker thread pushes one sample at a time through all hops; the buffers
-then stay in cache. On CuPy the whole batch goes through at once.
+The arithmetic runs in :class:`diffractive.propagation.Engine` (``forward`` and ``backward``),
+the one engine that also serves single hops: a stack is an engine of ``L + 1`` hops. On
+NumPy each worker thread pushes one sample at a time through all hops; the buffers then
+stay in cache. On CuPy the whole batch goes through at once. :func:`forward` and
+:func:`backward` use the process-wide engine for the geometry (:func:`shared_engine`,
+freed by :func:`diffractive.clear_caches`) unless given one (:func:`new_engine`).
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field as dc_field
 
 import numpy as np
 
 from ._validate import positive_finite, shape2
 from .backend import get_array_module
-from .convolution import WorkspacePool, run_chunks
 from .grid import Grid
-from .propagation import check_sampling, default_window, sampling_report, transfer_function
+from .propagation import Engine, check_sampling, default_window, sampling_report
+from .propagation import shared_engine as _shared_engine  # stack.shared_engine takes a geometry
 
 
 @dataclass(frozen=True)
@@ -82,28 +85,33 @@ class StackGeometry:
             check_sampling(r, check, context=f"hop {i} ({self.distances_m[i] * 1e3:.4g} mm)")
 
 
-@functools.lru_cache(maxsize=8)
-def _engine_cached(geometry: StackGeometry, dtype: str, xp):
-    return _Engine(geometry, np.dtype(dtype), xp)
+def shared_engine(geometry: StackGeometry, dtype=np.complex64, xp=np) -> Engine:
+    """The process-wide cached :class:`~diffractive.propagation.Engine` for ``geometry``
+    (``n_layers + 1`` hops; transfer functions computed once, kept until
+    :func:`diffractive.clear_caches`). ``dtype``: complex64 or complex128."""
+    g = geometry
+    return _shared_engine(g.layer_shape, wavelength_m=g.wavelength_m, pitch_m=g.pitch_m, distances_m=g.distances_m,
+                          window_shape=g.window_shape, band_limit=g.band_limit, dtype=dtype, xp=xp)
 
 
-class _Engine:
-    """Transfer functions and workspaces for one geometry, dtype and array library."""
-
-    def __init__(self, geometry: StackGeometry, dtype, xp):
-        g = geometry
-        self.geometry = g
-        self.xp = xp
-        self.dtype = dtype
-        self.H = [transfer_function(g.layer_shape, g.window_shape, g.pitch_m, g.wavelength_m, z,
-                                    band_limit=g.band_limit, dtype=dtype, xp=xp) for z in g.distances_m]
-        self.H_adj = [xp.conj(h) for h in self.H]
-        self.pool = WorkspacePool(g.layer_shape, g.window_shape, dtype, xp)
+def new_engine(geometry: StackGeometry, dtype=np.complex64, xp=np) -> Engine:
+    """A new :class:`~diffractive.propagation.Engine` for ``geometry``, owned by the caller
+    (not cached: its memory goes when the caller drops it). Pass it as ``engine=``."""
+    g = geometry
+    return Engine(g.layer_shape, wavelength_m=g.wavelength_m, pitch_m=g.pitch_m, distances_m=g.distances_m,
+                  window_shape=g.window_shape, band_limit=g.band_limit, dtype=dtype, xp=xp, check="ignore")
 
 
-def engine(geometry: StackGeometry, dtype=np.complex64, xp=np) -> _Engine:
-    """The cached engine for ``geometry`` (transfer functions are computed once)."""
-    return _engine_cached(geometry, np.dtype(dtype).str, xp)
+def _engine_for(geometry: StackGeometry, engine: Engine | None, dtype, xp) -> Engine:
+    if engine is None:
+        return shared_engine(geometry, dtype, xp)
+    g = geometry
+    if engine.key != (g.layer_shape, g.wavelength_m, g.pitch_m, g.distances_m, g.window_shape, g.band_limit):
+        raise ValueError("engine was made for another geometry than the one given")
+    if engine.dtype != np.dtype(dtype) or engine.xp is not xp:
+        raise ValueError(f"engine runs {engine.dtype} on {engine.xp.__name__}, the arrays are {np.dtype(dtype)} "
+                         f"on {xp.__name__}")
+    return engine
 
 
 @dataclass
@@ -112,6 +120,7 @@ class ForwardResult:
 
     output : (B, ny, nx) complex field on the output plane
     arrivals : (L, B, ny, nx) field arriving at each layer (before its mask), if kept
+    transmissions : (L, ny, nx) the layers' transmissions as used (engine dtype)
     """
 
     output: object
@@ -119,108 +128,39 @@ class ForwardResult:
     transmissions: object | None = dc_field(default=None, repr=False)
 
 
-def _check_inputs(geometry, transmissions, fields, xp):
-    from ._validate import finite_array  # noqa: PLC0415
-
-    L, (ny, nx) = geometry.n_layers, geometry.layer_shape
-    if transmissions.shape != (L, ny, nx):
-        raise ValueError(f"transmissions must have shape {(L, ny, nx)} (layers, ny, nx), got {transmissions.shape}")
-    if fields.ndim != 3 or fields.shape[1:] != (ny, nx):
-        raise ValueError(f"input fields must have shape (batch, {ny}, {nx}), got {fields.shape}")
-    finite_array("transmissions", transmissions, xp)
-    finite_array("input fields", fields, xp)
-
-
-def forward(geometry: StackGeometry, transmissions, fields, *, keep_arrivals=False, workers=None) -> ForwardResult:
+def forward(geometry: StackGeometry, transmissions, fields, *, keep_arrivals=False, workers=None,
+            engine: Engine | None = None) -> ForwardResult:
     """Propagate input fields (B, ny, nx) through the stack to the output plane.
 
     ``transmissions`` (L, ny, nx) are the layers' complex transmissions
-    (:func:`diffractive.layers.transmission`). ``keep_arrivals`` stores what
-    :func:`backward` needs.
+    (:func:`diffractive.layers.transmission`); the computation runs in the precision of
+    ``result_type(fields, transmissions, complex64)``. ``keep_arrivals`` stores what
+    :func:`backward` needs. ``workers``: CPU threads (default all cores). ``engine``: one
+    from :func:`new_engine` for this geometry and precision (default the shared one).
     """
     xp = get_array_module(fields, transmissions)
     dtype = np.result_type(fields.dtype, transmissions.dtype, np.complex64)
     transmissions = xp.asarray(transmissions, dtype=dtype)
     fields = xp.asarray(fields, dtype=dtype)
-    _check_inputs(geometry, transmissions, fields, xp)
-    eng = engine(geometry, dtype, xp)
-    B, L = fields.shape[0], geometry.n_layers
-    out = xp.empty(fields.shape, dtype=dtype)
-    arrivals = xp.empty((L,) + fields.shape, dtype=dtype) if keep_arrivals else None
-
-    def run(ws, a, b, sl):
-        ws.load(fields[sl])
-        for l in range(L):
-            ws.hop(eng.H[l])
-            if keep_arrivals:
-                arrivals[l, sl] = ws.result()
-            ws.modulate(transmissions[l])
-        ws.hop(eng.H[L])
-        out[sl] = ws.result()
-
-    if xp is np:
-        def work(a, b):
-            ws = eng.pool.per_thread()
-            for i in range(a, b):
-                run(ws, i, i + 1, slice(i, i + 1))
-        run_chunks(work, B, workers)
-    else:
-        run(eng.pool.batched(B), 0, B, slice(0, B))
+    eng = _engine_for(geometry, engine, dtype, xp)
+    out, arrivals = eng.forward(transmissions, fields, keep_arrivals=keep_arrivals, workers=workers)
     return ForwardResult(out, arrivals, transmissions)
 
 
 def backward(geometry: StackGeometry, saved: ForwardResult, grad_intensity=None, *, grad_output=None,
-             need_input_grad=False, workers=None):
+             need_input_grad=False, workers=None, engine: Engine | None = None):
     """Adjoint pass: gradient of a real loss with respect to each layer's transmission.
 
     Give either ``grad_intensity`` = dL/dI (B, ny, nx) for ``I = |output|^2`` or
     ``grad_output`` = 2 dL/du* (B, ny, nx) complex. Returns ``(g_t, g_in)``: ``g_t``
     (L, ny, nx) complex, summed over the batch (see module docstring), and the gradient
     with respect to the input fields (B, ny, nx) if ``need_input_grad`` else ``None``.
+    ``engine`` as for :func:`forward`.
     """
-    out, arrivals, t = saved.output, saved.arrivals, saved.transmissions
-    if arrivals is None:
+    if saved.arrivals is None:
         raise ValueError("backward needs forward(..., keep_arrivals=True)")
+    out = saved.output
     xp = get_array_module(out)
-    dtype = out.dtype
-    eng = engine(geometry, dtype, xp)
-    B, L = out.shape[0], geometry.n_layers
-    t_conj = xp.conj(t)
-    g_in = xp.empty(out.shape, dtype=dtype) if need_input_grad else None
-    if (grad_intensity is None) == (grad_output is None):
-        raise ValueError("give exactly one of grad_intensity and grad_output")
-
-    def run(ws, sl, acc, tmp=None):
-        if grad_output is not None:
-            ws.load(grad_output[sl])
-        else:
-            ws.load(out[sl], 2 * grad_intensity[sl].astype(out.real.dtype, copy=False))
-        ws.hop(eng.H_adj[L])
-        for l in range(L - 1, -1, -1):
-            a = ws.result()
-            if tmp is None:
-                acc[l] += (xp.conj(arrivals[l, sl]) * a).sum(axis=0)
-            else:  # one sample: accumulate without temporaries
-                xp.conjugate(arrivals[l, sl.start], out=tmp)
-                xp.multiply(tmp, a[0], out=tmp)
-                acc[l] += tmp
-            if l == 0 and not need_input_grad:
-                break
-            ws.modulate(t_conj[l])
-            ws.hop(eng.H_adj[l])
-        if need_input_grad:
-            g_in[sl] = ws.result()
-
-    if xp is np:
-        def work(a, b):
-            ws = eng.pool.per_thread()
-            acc = np.zeros(t.shape, dtype=dtype)
-            tmp = np.empty(t.shape[1:], dtype=dtype)
-            for i in range(a, b):
-                run(ws, slice(i, i + 1), acc, tmp)
-            return acc
-        g_t = sum(run_chunks(work, B, workers))
-    else:
-        g_t = xp.zeros(t.shape, dtype=dtype)
-        run(eng.pool.batched(B), slice(0, B), g_t)
-    return g_t, g_in
+    eng = _engine_for(geometry, engine, out.dtype, xp)
+    return eng.backward(out, saved.arrivals, saved.transmissions, grad_intensity, grad_output=grad_output,
+                        need_input_grad=need_input_grad, workers=workers)

@@ -53,10 +53,10 @@ def test_stack_is_the_composition_of_hops_and_layers(rng, tiny):
     phase, amp = _random_layers(rng, tiny)
     t = transmission(phase, amp)
     u = crandn(rng, 2, *tiny.layer_shape)
-    kw = dict(wavelength=LAM, pitch=tiny.pitch_m, window_shape=tiny.window_shape, check="ignore")
+    kw = dict(wavelength_m=LAM, pitch_m=tiny.pitch_m, window_shape=tiny.window_shape, check="ignore")
     expected = u
     for l, z in enumerate(tiny.distances_m):
-        expected = propagate(expected, distance=z, **kw)
+        expected = propagate(expected, distance_m=z, **kw)
         if l < tiny.n_layers:
             expected = expected * t[l]
     assert rel_l2(forward(tiny, t, u).output, expected) < 1e-12
@@ -180,3 +180,39 @@ def test_stack_numpy_and_cupy_agree(xp, rng, tiny):
     assert rel_l2(to_numpy(got.output), ref.output) < 1e-5
     assert rel_l2(to_numpy(g), g_ref) < 1e-5
     assert rel_l2(to_numpy(gi), gi_ref) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_one_hop_stack_and_propagate_agree_exactly(rng, dtype):
+    # A stack without layers is one hop: the same engine, the same arithmetic, the same bits.
+    g = StackGeometry((12, 14), 0.4e-3, LAM, (3e-3,), window_shape=(24, 30))
+    u = crandn(rng, 4, *g.layer_shape).astype(dtype)
+    out = forward(g, np.ones((0,) + g.layer_shape, dtype), u, workers=1).output
+    ref = propagate(u, wavelength_m=LAM, pitch_m=g.pitch_m, distance_m=3e-3, window_shape=g.window_shape,
+                    check="ignore", workers=1)
+    assert out.dtype == ref.dtype == dtype
+    assert np.array_equal(out, ref)
+
+
+def test_stack_runs_on_an_engine_its_caller_owns(rng, tiny):
+    # new_engine() gives an uncached engine; forward/backward use it when given and refuse
+    # one made for another geometry or precision.
+    from diffractive.stack import new_engine, shared_engine
+
+    phase, amp = _random_layers(rng, tiny)
+    t = transmission(phase, amp)
+    u = crandn(rng, 3, *tiny.layer_shape)
+    w = rng.uniform(0, 1, u.shape)
+    own = new_engine(tiny, np.complex128)
+    assert own is not shared_engine(tiny, np.complex128) and own.n_hops == tiny.n_layers + 1
+    ref = forward(tiny, t, u, keep_arrivals=True)
+    got = forward(tiny, t, u, keep_arrivals=True, engine=own)
+    assert rel_l2(got.output, ref.output) < 1e-13
+    g_ref, gi_ref = backward(tiny, ref, grad_intensity=w, need_input_grad=True)
+    g, gi = backward(tiny, got, grad_intensity=w, need_input_grad=True, engine=own)
+    assert rel_l2(g, g_ref) < 1e-13 and rel_l2(gi, gi_ref) < 1e-13
+    other = StackGeometry(tiny.layer_shape, tiny.pitch_m, LAM, (3e-3, 2e-3, 4e-3, 2.6e-3), window_shape=(24, 30))
+    with pytest.raises(ValueError, match="another geometry"):
+        forward(other, t, u, engine=own)
+    with pytest.raises(ValueError, match="complex64"):
+        forward(tiny, t.astype(np.complex64), u.astype(np.complex64), engine=own)

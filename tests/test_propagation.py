@@ -19,7 +19,7 @@ from scipy.special import fresnel
 
 from diffractive import Grid, SamplingError, SamplingWarning, propagate, transfer_function
 from diffractive.backend import to_numpy
-from diffractive.propagation import AngularSpectrum, default_window, sampling_report
+from diffractive.propagation import Engine, default_window, sampling_report
 
 LAM = 0.75e-3            # 0.4 THz
 K = 2 * np.pi / LAM
@@ -64,7 +64,7 @@ def test_square_aperture_matches_fresnel_integrals():
     a = width_px * pitch / 2
     assert a**2 / (LAM * z) == pytest.approx(1.5)
     u0 = ((np.abs(X) < a) & (np.abs(Y) < a)).astype(np.complex128)
-    u = propagate(u0, wavelength=LAM, pitch=pitch, distance=z, check="ignore")
+    u = propagate(u0, wavelength_m=LAM, pitch_m=pitch, distance_m=z, check="ignore")
 
     x, y = grid.x_m(), grid.y_m()
     analytic = np.exp(1j * K * z) / 2j * np.outer(_fresnel_edge_factor(y, a, z), _fresnel_edge_factor(x, a, z))
@@ -87,7 +87,7 @@ def test_gaussian_beam_radius_amplitude_and_gouy_phase(z_over_zr):
     u0 = np.exp(-(X**2 + Y**2) / w0**2).astype(np.complex128)
     zr = np.pi * w0**2 / LAM
     z = z_over_zr * zr
-    u = propagate(u0, wavelength=LAM, pitch=pitch, distance=z, check="ignore")
+    u = propagate(u0, wavelength_m=LAM, pitch_m=pitch, distance_m=z, check="ignore")
 
     w_theory = w0 * np.sqrt(1 + (z / zr) ** 2)
     intensity = np.abs(u) ** 2
@@ -133,7 +133,7 @@ def test_talbot_self_imaging_at_exact_nonparaxial_distance():
     c = slice(taper + 2 * ppd, n - taper - 2 * ppd)
 
     def image_error(z, shift):
-        u = propagate(u0, wavelength=LAM, pitch=pitch, distance=z, check="ignore") * np.exp(-1j * K * z)
+        u = propagate(u0, wavelength_m=LAM, pitch_m=pitch, distance_m=z, check="ignore") * np.exp(-1j * K * z)
         expected = 1 + m * np.cos(2 * np.pi * (X[c, c] + shift) / d)
         return rel_l2(u[c, c], expected)
 
@@ -157,7 +157,7 @@ def test_energy_conserved_and_tilted_beam_walks_the_right_way():
     x0, y0 = -16 * pitch, 12 * pitch
     u0 = np.exp(-((X - x0) ** 2 + (Y - y0) ** 2) / w**2 + 1j * K * (sin_x * X + sin_y * Y))
     z = 20e-3
-    u = propagate(u0, wavelength=LAM, pitch=pitch, distance=z, check="ignore")
+    u = propagate(u0, wavelength_m=LAM, pitch_m=pitch, distance_m=z, check="ignore")
     p0, p1 = np.sum(np.abs(u0) ** 2), np.sum(np.abs(u) ** 2)
     assert p1 / p0 == pytest.approx(1, abs=1e-9)
 
@@ -180,8 +180,8 @@ def test_round_trip_returns_the_band_limited_field():
     env = np.exp(-(X**2 + Y**2) / (4 * LAM) ** 2)
     u0 = (env * (1 + 0.7 * np.cos(2 * np.pi * 0.65 * X / LAM) + 0.5 * np.cos(2 * np.pi * 1.5 * Y / LAM))
           ).astype(np.complex128)
-    kw = dict(wavelength=LAM, pitch=pitch, window_shape=(N, N), check="ignore")
-    back = propagate(propagate(u0, distance=z, **kw), distance=-z, **kw)
+    kw = dict(wavelength_m=LAM, pitch_m=pitch, window_shape=(N, N), check="ignore")
+    back = propagate(propagate(u0, distance_m=z, **kw), distance_m=-z, **kw)
 
     walkoff = min(N / 2, N - n) * pitch                    # what the window holds
     f_limit = 1 / (LAM * np.sqrt((z / walkoff) ** 2 + 1))  # Matsushima-Shimobaba
@@ -196,7 +196,7 @@ def test_round_trip_returns_the_band_limited_field():
     assert rel_l2(back, u0) > 0.3  # the filter really removed something
     # ... and it is the band limit that removed the x component:
     no_limit = dict(kw, band_limit=False)
-    back_nl = propagate(propagate(u0, distance=z, **no_limit), distance=-z, **no_limit)
+    back_nl = propagate(propagate(u0, distance_m=z, **no_limit), distance_m=-z, **no_limit)
     assert rel_l2(back_nl, expected) > 0.1
 
 
@@ -210,7 +210,7 @@ def test_evanescent_waves_are_dropped():
     pitch, n, N, z = LAM / 4, 128, 144, 0.3e-3
     X, Y = Grid((n, n), pitch).meshgrid()
     g = np.exp(-(X**2 + Y**2) / (5 * LAM) ** 2)
-    kw = dict(wavelength=LAM, pitch=pitch, distance=z, window_shape=(N, N), check="ignore")
+    kw = dict(wavelength_m=LAM, pitch_m=pitch, distance_m=z, window_shape=(N, N), check="ignore")
     evanescent = g * np.exp(2j * np.pi * 0.9 * (X + Y) / LAM)
     propagating = g * np.exp(2j * np.pi * 0.5 * (X + Y) / LAM)
     power = np.sum(g**2)
@@ -227,13 +227,13 @@ def test_adjoint_identity(rng, shape, window, z):
         return rng.standard_normal(s) + 1j * rng.standard_normal(s)
 
     u, v = rand(3, *shape), rand(3, *shape)
-    kw = dict(wavelength=LAM, pitch=0.4e-3, distance=z, window_shape=window, check="ignore")
+    kw = dict(wavelength_m=LAM, pitch_m=0.4e-3, distance_m=z, window_shape=window, check="ignore")
     Pu = propagate(u, **kw)
     Pv = propagate(v, adjoint=True, **kw)
     lhs, rhs = np.vdot(v, Pu), np.vdot(Pv, u)      # <Pu, v> and <u, P*v>
     assert abs(lhs - rhs) <= 1e-6 * abs(lhs)
     # for propagating waves the adjoint is propagation by -z
-    back = propagate(v, **dict(kw, distance=-z))
+    back = propagate(v, **dict(kw, distance_m=-z))
     assert rel_l2(Pv, back) < 1e-12
 
 
@@ -260,7 +260,7 @@ def test_numpy_and_cupy_agree(xp, rng):
     is compared with the scipy.fft fallback instead (the same arithmetic, another FFT)."""
     shape, window, z = (48, 40), (96, 80), 30e-3
     field = (rng.standard_normal((3,) + shape) + 1j * rng.standard_normal((3,) + shape)).astype(np.complex64)
-    kw = dict(wavelength=LAM, pitch=0.4e-3, distance=z, window_shape=window, check="ignore")
+    kw = dict(wavelength_m=LAM, pitch_m=0.4e-3, distance_m=z, window_shape=window, check="ignore")
     ref = propagate(field, **kw)
     assert ref.dtype == np.complex64
     if xp is np:
@@ -282,7 +282,7 @@ def test_numpy_and_cupy_agree(xp, rng):
 
 def test_batch_axes_and_dtypes(rng):
     field = rng.standard_normal((2, 3, 20, 24)) + 1j * rng.standard_normal((2, 3, 20, 24))
-    kw = dict(wavelength=LAM, pitch=0.4e-3, distance=5e-3, check="ignore")
+    kw = dict(wavelength_m=LAM, pitch_m=0.4e-3, distance_m=5e-3, check="ignore")
     out = propagate(field, **kw)
     assert out.shape == field.shape and out.dtype == np.complex128
     np.testing.assert_allclose(out[1, 2], propagate(field[1, 2], **kw), rtol=0, atol=1e-12)
@@ -295,7 +295,7 @@ def test_batch_axes_and_dtypes(rng):
 
 
 # --------------------------------------------------------------------------- bad input
-GOOD = dict(wavelength=LAM, pitch=0.4e-3, distance=10e-3)
+GOOD = dict(wavelength_m=LAM, pitch_m=0.4e-3, distance_m=10e-3)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, complex(np.nan, 0), complex(0, np.inf)])
@@ -312,15 +312,15 @@ def test_field_without_a_grid_is_refused(field):
         propagate(field, **GOOD)
 
 
-@pytest.mark.parametrize("name", ["wavelength", "pitch"])
+@pytest.mark.parametrize("name", ["wavelength_m", "pitch_m"])
 @pytest.mark.parametrize("value", [0.0, -1e-3, np.nan, np.inf])
 def test_non_positive_or_non_finite_lengths_are_refused(name, value):
     with pytest.raises(ValueError, match=name):
         propagate(np.ones((16, 16), complex), **dict(GOOD, **{name: value}))
 
 
-@pytest.mark.parametrize("name,value,exc", [("pitch", "0.4 mm", TypeError), ("wavelength", None, TypeError),
-                                            ("distance", np.nan, ValueError), ("distance", "far", TypeError)])
+@pytest.mark.parametrize("name,value,exc", [("pitch_m", "0.4 mm", TypeError), ("wavelength_m", None, TypeError),
+                                            ("distance_m", np.nan, ValueError), ("distance_m", "far", TypeError)])
 def test_wrong_types_are_refused(name, value, exc):
     with pytest.raises(exc, match=name):
         propagate(np.ones((16, 16), complex), **dict(GOOD, **{name: value}))
@@ -336,9 +336,9 @@ def test_bad_window_shape_and_check_option():
 
 
 def test_propagator_refuses_a_field_of_another_shape():
-    prop = AngularSpectrum((16, 16), wavelength_m=LAM, pitch_m=0.4e-3, distance_m=1e-2, check="ignore")
+    prop = Engine((16, 16), wavelength_m=LAM, pitch_m=0.4e-3, distances_m=(1e-2,), check="ignore")
     with pytest.raises(ValueError, match="field.*grid"):
-        prop(np.ones((16, 18), complex))
+        prop.hop(np.ones((16, 18), complex))
 
 
 # --------------------------------------------------------------------------- sampling checks
@@ -348,7 +348,7 @@ def test_short_window_long_distance_warns_with_numbers():
     # 69.6 deg, which spread z*tan = 100 mm * 2.694 = 269 mm; keeping them needs
     # ceil(269.4/0.4) = 674 pixels of margin: window >= max(64 + 674, 2*674) = 1348.
     field = np.ones((64, 64), complex)
-    kw = dict(wavelength=LAM, pitch=0.4e-3, distance=100e-3, window_shape=(80, 80))
+    kw = dict(wavelength_m=LAM, pitch_m=0.4e-3, distance_m=100e-3, window_shape=(80, 80))
     with pytest.warns(SamplingWarning) as record:
         propagate(field, **kw)
     msg = str(record[0].message)
@@ -375,7 +375,7 @@ def test_lin_geometry_is_sampled_well():
     assert rep.kept_fraction > 0.99 and rep.problems() == []
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        out = propagate(np.ones((200, 200), complex), wavelength=LAM, pitch=0.4e-3, distance=30e-3,
+        out = propagate(np.ones((200, 200), complex), wavelength_m=LAM, pitch_m=0.4e-3, distance_m=30e-3,
                         window_shape=(400, 400), check="error")
     assert out.shape == (200, 200)
 
@@ -389,9 +389,81 @@ def test_fftw_planner_choice_changes_no_physics_and_bad_values_are_refused(rng, 
     out = {}
     for planner in ("measure", "estimate"):
         monkeypatch.setenv("D2NN_FFTW_PLANNER", planner)
-        prop = AngularSpectrum((24, 24), wavelength_m=0.75e-3, pitch_m=0.4e-3, distance_m=5e-3, check="ignore")
-        out[planner] = prop(field)   # a new propagator plans anew, with the planner set now
+        prop = Engine((24, 24), wavelength_m=0.75e-3, pitch_m=0.4e-3, distances_m=(5e-3,), check="ignore")
+        out[planner] = prop.hop(field, workers=1)   # a new engine plans anew, with the planner set now
+        assert prop.pool.per_thread().planner == planner
     np.testing.assert_allclose(out["estimate"], out["measure"], rtol=0, atol=1e-5 * np.abs(out["measure"]).max())
     monkeypatch.setenv("D2NN_FFTW_PLANNER", "patient")
     with pytest.raises(ValueError, match="D2NN_FFTW_PLANNER='patient': must be one of"):
-        AngularSpectrum((24, 24), wavelength_m=0.75e-3, pitch_m=0.4e-3, distance_m=5e-3, check="ignore")(field)
+        Engine((24, 24), wavelength_m=0.75e-3, pitch_m=0.4e-3, distances_m=(5e-3,), check="ignore").hop(field)
+
+
+# --------------------------------------------------------------------------- the engine and its caches
+def test_clear_caches_empties_the_shared_engines_and_lets_a_new_planner_take_effect(rng, monkeypatch):
+    # The shared engines keep their FFTW plans: a new D2NN_FFTW_PLANNER is ignored by an
+    # engine already cached, and takes effect once clear_caches() has dropped it (and
+    # FFTW's wisdom, which later plans would otherwise reuse).
+    from diffractive import clear_caches, convolution, propagation, shared_engine
+    from diffractive.stack import StackGeometry, forward
+
+    field = (rng.standard_normal((2, 24, 24)) + 1j * rng.standard_normal((2, 24, 24))).astype(np.complex64)
+    kw = dict(wavelength_m=LAM, pitch_m=0.4e-3, check="ignore", workers=1)
+    geo = dict(wavelength_m=LAM, pitch_m=0.4e-3, distances_m=(5e-3,), dtype=np.complex64)
+    monkeypatch.setenv("D2NN_FFTW_PLANNER", "measure")
+    clear_caches()
+    propagate(field, distance_m=5e-3, **kw)
+    stack = StackGeometry((24, 24), 0.4e-3, LAM, (5e-3, 6e-3))
+    forward(stack, np.ones((1, 24, 24), np.complex64), field, workers=1)
+    assert propagation._single_hop_engines.cache_info().currsize == 1
+    assert propagation._chain_engines.cache_info().currsize == 1
+    first = shared_engine((24, 24), **geo)
+    assert shared_engine((24, 24), **geo) is first                 # cached, not rebuilt
+
+    monkeypatch.setenv("D2NN_FFTW_PLANNER", "estimate")
+    before = propagate(field, distance_m=5e-3, **kw)
+    if convolution.HAVE_PYFFTW:
+        assert first.pool.per_thread().planner == "measure"        # the cached engine ignores it
+        assert len(pyfftw_wisdom()) > 200
+
+    clear_caches()
+    assert propagation._single_hop_engines.cache_info().currsize == 0
+    assert propagation._chain_engines.cache_info().currsize == 0
+    if convolution.HAVE_PYFFTW:
+        assert len(pyfftw_wisdom()) < 200                           # FFTW's wisdom is forgotten too
+    after = propagate(field, distance_m=5e-3, **kw)
+    second = shared_engine((24, 24), **geo)
+    assert second is not first
+    if convolution.HAVE_PYFFTW:
+        assert second.pool.per_thread().planner == "estimate"      # the new setting took effect
+    np.testing.assert_allclose(after, before, rtol=0, atol=1e-5 * np.abs(before).max())
+    clear_caches()   # later tests plan with their own setting again
+
+
+def pyfftw_wisdom() -> bytes:
+    """FFTW's single-precision wisdom as exported (about 70 bytes when empty)."""
+    import pyfftw
+
+    return pyfftw.export_wisdom()[1]
+
+
+def test_an_engine_of_several_hops_runs_each_hop_like_propagate(rng):
+    # Engine.hop(index=l) is propagate() by distances_m[l]; both precisions, adjoint too.
+    for dtype in (np.complex64, np.complex128):
+        field = (rng.standard_normal((3, 20, 18)) + 1j * rng.standard_normal((3, 20, 18))).astype(dtype)
+        eng = Engine((20, 18), wavelength_m=LAM, pitch_m=0.4e-3, distances_m=(4e-3, -6e-3), window_shape=(40, 40),
+                     dtype=dtype, check="ignore")
+        assert eng.n_hops == 2 and eng.key[3] == (4e-3, -6e-3)
+        for index, z in enumerate(eng.distances_m):
+            for adjoint in (False, True):
+                got = eng.hop(field, index=index, adjoint=adjoint)
+                ref = propagate(field, wavelength_m=LAM, pitch_m=0.4e-3, distance_m=z, window_shape=(40, 40),
+                                adjoint=adjoint, check="ignore")
+                assert got.dtype == dtype
+                assert rel_l2(got, ref) < (1e-6 if dtype == np.complex64 else 1e-13)
+
+
+def test_engine_refuses_bad_distances():
+    with pytest.raises(ValueError, match="at least one distance"):
+        Engine((8, 8), wavelength_m=LAM, pitch_m=0.4e-3, distances_m=())
+    with pytest.raises(ValueError, match=r"distances_m\[1\]"):
+        Engine((8, 8), wavelength_m=LAM, pitch_m=0.4e-3, distances_m=(1e-3, np.inf))

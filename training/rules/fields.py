@@ -30,8 +30,8 @@ def phase_gradient(v, A):
 
 def hop_adjoint(geometry, field, hop, workers=None):
     """Adjoint of hop ``hop`` (0: input -> layer 1, ..., L: last layer -> output) on ``field``."""
-    return propagate(field, wavelength=geometry.wavelength_m, pitch=geometry.pitch_m,
-                     distance=geometry.distances_m[hop], window_shape=geometry.window_shape,
+    return propagate(field, wavelength_m=geometry.wavelength_m, pitch_m=geometry.pitch_m,
+                     distance_m=geometry.distances_m[hop], window_shape=geometry.window_shape,
                      band_limit=geometry.band_limit, adjoint=True, check="ignore", workers=workers)
 
 
