@@ -55,7 +55,7 @@ def base_doc(a, rule="backprop", options=None, **trainer):
     L = a.layers
     doc = {"name": f"bench-{rule}",
            "geometry": {"layer_shape": [a.grid, a.grid], "n_layers": L, "distance_m": a.distance, "pitch_m": 0.4e-3},
-           "input": {"size_m": [a.input_size, a.input_size]},
+           "input": {"size_yx_m": [a.input_size, a.input_size]},
            "detectors": {"size_m": a.det_size, "spacing_m": a.det_spacing},
            "data": {"dataset": a.dataset},
            "trainer": {"rule": rule, "epochs": a.epochs, "batch_size": a.batch, "workers": a.workers,

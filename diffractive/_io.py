@@ -9,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import OutputExists
+
 
 def atomic_write(path, write) -> Path:
     """Call ``write(f)`` on a temporary binary file and rename it to ``path``."""
@@ -38,7 +40,7 @@ def atomic_write_bytes(path, data: bytes, *, overwrite=True) -> Path:
     """Write ``data`` to ``path`` atomically; refuse an existing file unless ``overwrite``."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --force to replace it")
+        raise OutputExists(path, "exists", {"overwrite": "replace it"})
     if not path.parent.is_dir():
         raise FileNotFoundError(f"{path.parent}: no such folder")
     return atomic_write(path, lambda f: f.write(data))

@@ -1,236 +1,386 @@
-"""The design folder: ``design.json`` + ``phases.npz`` (+ ``metrics.json``, ``figures/``).
+"""The design: a frozen, typed description of a stack, and its folder ``design.json`` + ``phases.npz``.
 
-Schema ``d2nn.design/1`` is documented in docs/design-format.md. Reading validates every
-key and raises :class:`DesignError` naming the file and the field; writing goes through
-temporary files renamed into place and refuses to overwrite an existing design unless
-``overwrite=True``.
+A :class:`Design` is made of a :class:`~diffractive.stack.StackGeometry` (where the planes
+are and how they are sampled), an :class:`~diffractive.encoding.InputSpec`, the
+:class:`~diffractive.detectors.Detector` list, a :class:`~diffractive.materials.Material`,
+a :class:`~diffractive.materials.Fabrication` and the layers (``phases``, ``amplitudes``).
+Each part checks its own values when it is constructed and :class:`Design` checks how they
+fit together, raising :class:`~diffractive.errors.FieldError` (a :class:`DesignError`)
+naming the field (``material.n``, ``detectors[3].sign``). A design cannot be changed once
+built: derive a new one with :func:`dataclasses.replace` or :meth:`Design.with_phases` /
+:meth:`Design.with_record`.
+
+JSON is only its serialisation: :meth:`Design.to_json` writes schema ``d2nn.design/2``
+(docs/design-format.md); :meth:`Design.from_json` reads ``/2`` and ``/1`` (whose axis
+conventions it converts, with an :class:`OldSchemaWarning`). :func:`load_design` names the
+file in every error; :func:`save_design` writes through temporary files renamed into place
+and refuses to overwrite an existing design unless ``overwrite=True``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-from dataclasses import dataclass, field, replace
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ._io import atomic_write, write_json_atomic  # noqa: F401  (re-exported)
 from .detectors import Detector
-from .encoding import ENCODINGS
+from .encoding import InputSpec
+from .errors import DesignError, FieldError, OutputExists, field_errors
 from .grid import Grid
+from .materials import LIN2018, Fabrication, Material
 from .stack import StackGeometry
 
-SCHEMA = "d2nn.design/1"
+__all__ = ["SCHEMA", "SCHEMA_V1", "APERTURES", "Design", "DesignError", "FieldError", "OldSchemaWarning",
+           "load_design", "save_design", "make_design", "Detector", "InputSpec", "Material", "Fabrication"]
+
+SCHEMA = "d2nn.design/2"
+SCHEMA_V1 = "d2nn.design/1"
 APERTURES = ("opaque",)
+MODULATIONS = ("phase", "complex")
+_TOL = 1e-9  # relative slack on "fits on the plane" (sizes written as decimals)
+#: What make_design records by default: the Lin 2018 material's name, n and kappa (its
+#: source and caveats stay in diffractive.materials.MATERIALS, where export looks them up).
+DEFAULT_MATERIAL = dataclasses.replace(LIN2018.material, wavelength_m=None, source="", assumption="")
 
 
-class DesignError(ValueError):
-    """A design folder or design.json is missing, malformed or inconsistent."""
+class OldSchemaWarning(UserWarning):
+    """A design.json in an older schema was read (and converted); re-save it to upgrade."""
 
 
-@dataclass
+# --------------------------------------------------------------------------- read-only records
+class FrozenDict(dict):
+    """A read-only ``dict`` (provenance, metrics): JSON-serialisable, picklable, mutation raises."""
+
+    def _readonly(self, *args, **kwargs):
+        raise TypeError("a design's provenance and metrics are read-only; build a new design with "
+                        "Design.with_record(...) or dataclasses.replace(...)")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _readonly
+
+    def __reduce__(self):
+        return (FrozenDict, (dict(self),))
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def freeze(obj):
+    """A read-only copy of a JSON-like value: dicts become :class:`FrozenDict`, lists tuples."""
+    if isinstance(obj, dict):
+        return FrozenDict({str(k): freeze(v) for k, v in obj.items()})
+    if isinstance(obj, (list, tuple)):
+        return tuple(freeze(v) for v in obj)
+    return obj
+
+
+def thaw(obj):
+    """A plain, mutable copy (dicts and lists) of a value made by :func:`freeze`."""
+    if isinstance(obj, dict):
+        return {k: thaw(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [thaw(v) for v in obj]
+    return obj
+
+
+def _readonly_array(name, a, dtype_kind="f"):
+    a = np.array(a, copy=True)
+    if a.dtype.kind != dtype_kind:
+        raise DesignError(f"{name} must be real floating-point numbers, got dtype {a.dtype}")
+    a.setflags(write=False)
+    return a
+
+
+# --------------------------------------------------------------------------- the design
+@dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value; compare to_json()
 class Design:
     """Everything needed to simulate, train further, fabricate and evaluate a stack.
 
-    All lengths in metres, phases in radians (``phases``: (layers, ny, nx)).
-    ``amplitudes`` (same shape, in [0, 1]) is present only for complex-modulation designs.
+    All lengths in metres, phases in radians. ``phases`` (n_layers, ny, nx) and
+    ``amplitudes`` (same shape, in [0, 1]; only for complex-modulation designs) are
+    read-only copies. ``n_classes`` defaults to 1 + the largest detector class.
+    ``provenance`` and ``metrics`` are free-form JSON records, read-only.
     """
 
-    wavelength_m: float
-    pitch_m: float
-    layer_shape: tuple[int, int]
-    distances_m: list[float]
-    window_shape: tuple[int, int]
-    input: dict
-    detectors: list[Detector]
-    material: dict
-    fabrication: dict
+    geometry: StackGeometry
+    input: InputSpec
+    detectors: tuple[Detector, ...]
+    material: Material
+    fabrication: Fabrication
     phases: np.ndarray
     amplitudes: np.ndarray | None = None
-    n_classes: int = 10
+    n_classes: int | None = None
     aperture: str = "opaque"
     provenance: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        g = self.geometry
+        for name, cls in (("geometry", StackGeometry), ("input", InputSpec), ("material", Material),
+                          ("fabrication", Fabrication)):
+            if not isinstance(getattr(self, name), cls):
+                raise FieldError(name, f"must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+        if not g.band_limit:
+            raise FieldError("geometry", "must use the band limit (design.json has no key to record band_limit=False)")
+        extent_y, extent_x = g.grid.extent_yx_m
+        h, w = self.input.size_yx_m
+        if h > extent_y * (1 + _TOL) or w > extent_x * (1 + _TOL):
+            raise FieldError("input.size_yx_m", f"{[h, w]} m is larger than the layer "
+                                                f"({extent_y:.4g} x {extent_x:.4g} m, h x w)")
+        dets = tuple(self.detectors) if isinstance(self.detectors, (list, tuple)) else None
+        if not dets:
+            raise FieldError("detectors", f"must be a non-empty list of Detector, got {self.detectors!r}")
+        for k, d in enumerate(dets):
+            if not isinstance(d, Detector):
+                raise FieldError(f"detectors[{k}]", f"must be a Detector, got {type(d).__name__}")
+            (cx, cy), (dw, dh) = d.center_xy_m, d.size_xy_m
+            if abs(cx) + dw / 2 > extent_x / 2 * (1 + _TOL) or abs(cy) + dh / 2 > extent_y / 2 * (1 + _TOL):
+                raise FieldError(f"detectors[{k}].center_xy_m",
+                                 f"puts the detector partly outside the output plane ({extent_x:.4g} x {extent_y:.4g} m, "
+                                 "w x h)")
+        object.__setattr__(self, "detectors", dets)
+        n_classes = 1 + max(d.class_index for d in dets) if self.n_classes is None else self.n_classes
+        if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
+            raise FieldError("n_classes", f"must be an integer >= 2, got {n_classes!r}")
+        object.__setattr__(self, "n_classes", int(n_classes))
+        for c in range(n_classes):
+            if not any(d.class_index == c and d.sign == 1 for d in dets):
+                raise FieldError("detectors", f"has no positive detector for class {c}")
+        if any(d.class_index >= n_classes for d in dets):
+            raise FieldError("detectors", f"names a class >= n_classes ({n_classes})")
+        if self.aperture not in APERTURES:
+            raise FieldError("aperture", f"must be one of {list(APERTURES)}, got {self.aperture!r}")
+        expected = (g.n_layers,) + g.layer_shape
+        phases = _readonly_array("phases", self.phases)
+        if phases.shape != expected:
+            raise DesignError(f"phases have shape {phases.shape}, but the geometry says {expected} "
+                              "(n_layers, ny, nx)")
+        if not np.all(np.isfinite(phases)):
+            raise DesignError("phases must be finite real numbers")
+        object.__setattr__(self, "phases", phases)
+        if self.amplitudes is not None:
+            amp = _readonly_array("amplitudes", self.amplitudes)
+            if amp.shape != expected or not np.all((amp >= 0) & (amp <= 1)):
+                raise DesignError(f"amplitudes must have shape {expected} and lie in [0, 1]")
+            object.__setattr__(self, "amplitudes", amp)
+        for name in ("provenance", "metrics"):
+            rec = getattr(self, name)
+            if not isinstance(rec, dict):
+                raise FieldError(name, f"must be a mapping (a JSON object), got {type(rec).__name__}")
+            object.__setattr__(self, name, freeze(rec))
+
+    # ---- views of the parts
+    @property
+    def wavelength_m(self) -> float:
+        return self.geometry.wavelength_m
+
+    @property
+    def pitch_m(self) -> float:
+        return self.geometry.pitch_m
+
+    @property
+    def layer_shape(self) -> tuple[int, int]:
+        """``(ny, nx)``: rows, columns of every plane."""
+        return self.geometry.layer_shape
+
+    @property
+    def distances_m(self) -> tuple[float, ...]:
+        """``(input -> layer 1, ..., layer n_layers -> output)``, metres."""
+        return self.geometry.distances_m
+
+    @property
+    def window_shape(self) -> tuple[int, int]:
+        return self.geometry.window_shape
+
     @property
     def n_layers(self) -> int:
-        return len(self.distances_m) - 1
+        return self.geometry.n_layers
 
     @property
     def grid(self) -> Grid:
-        return Grid(self.layer_shape, self.pitch_m)
+        return self.geometry.grid
 
     @property
-    def geometry(self) -> StackGeometry:
-        return StackGeometry(self.layer_shape, self.pitch_m, self.wavelength_m, tuple(self.distances_m),
-                             self.window_shape)
+    def modulation(self) -> str:
+        """``"complex"`` when the layers have amplitudes, else ``"phase"``."""
+        return "complex" if self.amplitudes is not None else "phase"
 
+    # ---- derived designs
     def with_phases(self, phases, amplitudes=None) -> "Design":
-        return replace(self, phases=np.asarray(phases), amplitudes=amplitudes)
+        """The same design with other layers (``amplitudes=None``: phase-only)."""
+        return dataclasses.replace(self, phases=phases, amplitudes=amplitudes)
 
+    def with_record(self, *, provenance: dict | None = None, metrics: dict | None = None) -> "Design":
+        """The same design with ``provenance`` and/or ``metrics`` replaced (``None``: kept)."""
+        return dataclasses.replace(self, provenance=thaw(self.provenance) if provenance is None else provenance,
+                                   metrics=thaw(self.metrics) if metrics is None else metrics)
+
+    # ---- serialisation
     def to_json(self) -> dict:
+        """The design.json document (schema ``d2nn.design/2``) as plain JSON types."""
+        g = self.geometry
         return {
             "schema": SCHEMA,
-            "wavelength_m": self.wavelength_m,
-            "pitch_m": self.pitch_m,
-            "layer_shape": list(self.layer_shape),
-            "n_layers": self.n_layers,
-            "distances_m": list(self.distances_m),
-            "window_shape": list(self.window_shape),
+            "wavelength_m": g.wavelength_m,
+            "pitch_m": g.pitch_m,
+            "layer_shape": list(g.layer_shape),
+            "n_layers": g.n_layers,
+            "distances_m": list(g.distances_m),
+            "window_shape": list(g.window_shape),
             "aperture": self.aperture,
             "n_classes": self.n_classes,
-            "input": dict(self.input),
+            "input": self.input.to_json(),
             "detectors": [d.to_json() for d in self.detectors],
-            "material": dict(self.material),
-            "fabrication": dict(self.fabrication),
-            "modulation": "complex" if self.amplitudes is not None else "phase",
-            "provenance": dict(self.provenance),
-            "metrics": dict(self.metrics),
+            "material": self.material.to_json(),
+            "fabrication": self.fabrication.to_json(),
+            "modulation": self.modulation,
+            "provenance": thaw(self.provenance),
+            "metrics": thaw(self.metrics),
         }
 
+    @classmethod
+    def from_json(cls, doc: dict, phases, amplitudes=None, source: str = "design.json") -> "Design":
+        """Build a design from a parsed design.json (schema ``/2``, or ``/1`` converted with a warning).
 
-# --------------------------------------------------------------------------- validation
-class _Reader:
-    def __init__(self, source: str):
-        self.source = source
-
-    def fail(self, key, msg):
-        raise DesignError(f"{self.source}: field '{key}' {msg}")
-
-    def get(self, obj, key, where=""):
-        name = f"{where}{key}"
-        if not isinstance(obj, dict) or key not in obj:
-            self.fail(name, "is missing")
-        return obj[key]
-
-    def number(self, obj, key, where="", positive=True, allow_zero=False):
-        v = self.get(obj, key, where)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            self.fail(f"{where}{key}", f"must be a finite number, got {v!r}")
-        if positive and (v < 0 or (v == 0 and not allow_zero)):
-            self.fail(f"{where}{key}", f"must be {'non-negative' if allow_zero else 'positive'}, got {v!r}")
-        return float(v)
-
-    def int_pair(self, obj, key, where=""):
-        v = self.get(obj, key, where)
-        if (not isinstance(v, list) or len(v) != 2
-                or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)):
-            self.fail(f"{where}{key}", f"must be a list of two positive integers, got {v!r}")
-        return int(v[0]), int(v[1])
-
-    def num_pair(self, obj, key, where="", positive=True):
-        v = self.get(obj, key, where)
-        if (not isinstance(v, list) or len(v) != 2
-                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)):
-            self.fail(f"{where}{key}", f"must be a list of two finite numbers, got {v!r}")
-        if positive and not all(x > 0 for x in v):
-            self.fail(f"{where}{key}", f"must hold positive numbers, got {v!r}")
-        return float(v[0]), float(v[1])
+        Every error is a :class:`DesignError` starting with ``source`` and naming the field.
+        """
+        try:
+            if not isinstance(doc, dict):
+                raise DesignError("must hold a JSON object")
+            schema = doc.get("schema")
+            if schema == SCHEMA_V1:
+                doc = _upgrade_v1(doc, source)
+            elif schema != SCHEMA:
+                raise FieldError("schema", "is missing" if "schema" not in doc else
+                                 f"must be {SCHEMA!r} (or {SCHEMA_V1!r}), got {schema!r}")
+            return _from_v2(cls, doc, phases, amplitudes)
+        except DesignError as e:
+            raise DesignError(f"{source}: {e}") from None
 
 
-def design_from_json(doc: dict, phases: np.ndarray, amplitudes=None, source="design.json") -> Design:
-    """Validate a parsed design.json and build a :class:`Design` (raises :class:`DesignError`)."""
-    r = _Reader(source)
-    if not isinstance(doc, dict):
-        raise DesignError(f"{source}: must hold a JSON object")
-    schema = r.get(doc, "schema")
-    if schema != SCHEMA:
-        r.fail("schema", f"must be {SCHEMA!r}, got {schema!r}")
-    wavelength = r.number(doc, "wavelength_m")
-    pitch = r.number(doc, "pitch_m")
-    layer_shape = r.int_pair(doc, "layer_shape")
-    n_layers = r.get(doc, "n_layers")
-    if not isinstance(n_layers, int) or isinstance(n_layers, bool) or n_layers < 1:
-        r.fail("n_layers", f"must be a positive integer, got {n_layers!r}")
-    dist = r.get(doc, "distances_m")
+# --------------------------------------------------------------------------- reading design.json
+_TOP_KEYS = {"schema", "wavelength_m", "pitch_m", "layer_shape", "n_layers", "distances_m", "window_shape",
+             "aperture", "n_classes", "input", "detectors", "material", "fabrication", "modulation",
+             "provenance", "metrics"}
+_REQUIRED = ("wavelength_m", "pitch_m", "layer_shape", "n_layers", "distances_m", "window_shape", "input",
+             "detectors", "material", "fabrication")
+
+
+def _get(obj: dict, key: str, where: str = ""):
+    if key not in obj:
+        raise FieldError(where + key, "is missing")
+    return obj[key]
+
+
+def _object(value, name: str) -> dict:
+    if not isinstance(value, dict):
+        raise FieldError(name, f"must be an object, got {value!r}")
+    return value
+
+
+def _build(klass, doc: dict, name: str, required: tuple, optional: tuple = ()):
+    """``klass(**doc)`` for a JSON object holding exactly ``required`` (+ ``optional``) keys."""
+    doc = _object(doc, name)
+    for key in required:
+        _get(doc, key, name + ".")
+    unknown = sorted(set(doc) - set(required) - set(optional))
+    if unknown:
+        raise FieldError(f"{name}.{unknown[0]}", f"is not a key of {SCHEMA} {name} (known: "
+                                                 f"{', '.join(required + optional)})")
+    with field_errors(name):
+        return klass(**doc)
+
+
+def _from_v2(cls, doc: dict, phases, amplitudes) -> Design:
+    unknown = sorted(set(doc) - _TOP_KEYS)
+    if unknown:
+        raise FieldError(unknown[0], f"is not a key of {SCHEMA}")
+    for key in _REQUIRED:
+        _get(doc, key)
+    n_layers = doc["n_layers"]
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
+        raise FieldError("n_layers", f"must be a positive integer, got {n_layers!r}")
+    dist = doc["distances_m"]
     if not isinstance(dist, list) or len(dist) != n_layers + 1:
-        r.fail("distances_m", f"must be a list of n_layers + 1 = {n_layers + 1} distances, got {dist!r}")
-    distances = [r.number({f"distances_m[{i}]": d}, f"distances_m[{i}]") for i, d in enumerate(dist)]
-    window = r.int_pair(doc, "window_shape")
-    if window[0] < layer_shape[0] or window[1] < layer_shape[1]:
-        r.fail("window_shape", f"{list(window)} must be at least layer_shape {list(layer_shape)}")
-    aperture = doc.get("aperture", "opaque")
-    if aperture not in APERTURES:
-        r.fail("aperture", f"must be one of {APERTURES}, got {aperture!r}")
-    inp = r.get(doc, "input")
-    if not isinstance(inp, dict):
-        r.fail("input", "must be an object")
-    enc = r.get(inp, "encoding", "input.")
-    if enc not in ENCODINGS:
-        r.fail("input.encoding", f"must be one of {list(ENCODINGS)}, got {enc!r}")
-    size = r.num_pair(inp, "size_m", "input.")
-    extent = (layer_shape[0] * pitch, layer_shape[1] * pitch)
-    if size[0] > extent[0] * (1 + 1e-9) or size[1] > extent[1] * (1 + 1e-9):
-        r.fail("input.size_m", f"{list(size)} m is larger than the layer ({extent[0]:.4g} x {extent[1]:.4g} m)")
-    if "phase_scale" in inp:
-        r.number(inp, "phase_scale", "input.")
-    dets_doc = r.get(doc, "detectors")
+        raise FieldError("distances_m", f"must be a list of n_layers + 1 = {n_layers + 1} distances, got {dist!r}")
+    for key in ("layer_shape", "window_shape"):  # JSON lists only (a string would unpack as a pair)
+        if not isinstance(doc[key], list):
+            raise FieldError(key, f"must be a list [ny, nx] of two positive integers, got {doc[key]!r}")
+    geometry = StackGeometry(doc["layer_shape"], doc["pitch_m"], doc["wavelength_m"], dist, doc["window_shape"])
+    inp = _build(InputSpec, doc["input"], "input", ("encoding", "size_yx_m"), ("phase_scale",))
+    dets_doc = doc["detectors"]
     if not isinstance(dets_doc, list) or not dets_doc:
-        r.fail("detectors", "must be a non-empty list")
-    detectors = []
-    for k, d in enumerate(dets_doc):
-        w = f"detectors[{k}]."
-        cls = r.get(d, "class", w)
-        if not isinstance(cls, int) or isinstance(cls, bool) or cls < 0:
-            r.fail(w + "class", f"must be a non-negative integer, got {cls!r}")
-        center = r.num_pair(d, "center_m", w, positive=False)
-        dsize = r.num_pair(d, "size_m", w)
-        sign = d.get("sign", 1)
-        if sign not in (1, -1) or isinstance(sign, bool):
-            r.fail(w + "sign", f"must be 1 or -1, got {sign!r}")
-        if abs(center[0]) + dsize[0] / 2 > extent[1] / 2 * (1 + 1e-9) or abs(center[1]) + dsize[1] / 2 > extent[0] / 2 * (1 + 1e-9):
-            r.fail(w + "center_m", f"puts the detector partly outside the output plane ({extent[1]:.4g} x {extent[0]:.4g} m)")
-        detectors.append(Detector(cls, center, dsize, sign))
-    n_classes = doc.get("n_classes", 1 + max(d.class_index for d in detectors))
-    if not isinstance(n_classes, int) or isinstance(n_classes, bool) or n_classes < 2:
-        r.fail("n_classes", f"must be an integer >= 2, got {n_classes!r}")
-    for c in range(n_classes):
-        if not any(d.class_index == c and d.sign == 1 for d in detectors):
-            r.fail("detectors", f"has no positive detector for class {c}")
-    if any(d.class_index >= n_classes for d in detectors):
-        r.fail("detectors", f"names a class >= n_classes ({n_classes})")
-    mat = r.get(doc, "material")
-    if not isinstance(mat, dict):
-        r.fail("material", "must be an object")
-    name = r.get(mat, "name", "material.")
-    if not isinstance(name, str) or not name:
-        r.fail("material.name", f"must be a non-empty string, got {name!r}")
-    n = r.number(mat, "n", "material.")
-    if n <= 1:
-        r.fail("material.n", f"must be greater than 1 (a material denser than air), got {n!r}")
-    r.number(mat, "kappa", "material.", allow_zero=True)
-    fab = r.get(doc, "fabrication")
-    if not isinstance(fab, dict):
-        r.fail("fabrication", "must be an object")
-    r.number(fab, "base_m", "fabrication.", allow_zero=True)
-    r.number(fab, "z_step_m", "fabrication.")
-    for key in ("provenance", "metrics"):
-        if key in doc and not isinstance(doc[key], dict):
-            r.fail(key, "must be an object")
-    phases = np.asarray(phases)
-    expected = (n_layers,) + layer_shape
-    if phases.shape != expected:
-        raise DesignError(f"{source}: phases have shape {phases.shape}, but design.json says {expected} "
-                          "(n_layers, layer_shape)")
-    if not np.issubdtype(phases.dtype, np.floating) or not np.all(np.isfinite(phases)):
-        raise DesignError(f"{source}: phases must be finite real numbers")
+        raise FieldError("detectors", "must be a non-empty list")
+    detectors = [_build(Detector, d, f"detectors[{k}]", ("class_index", "center_xy_m", "size_xy_m"), ("sign",))
+                 for k, d in enumerate(dets_doc)]
+    material = _build(Material, doc["material"], "material", ("name", "n", "kappa"),
+                      ("wavelength_m", "source", "assumption"))
+    fabrication = _build(Fabrication, doc["fabrication"], "fabrication", ("base_m", "z_step_m"))
     modulation = doc.get("modulation", "phase")
-    if modulation not in ("phase", "complex"):
-        r.fail("modulation", f"must be 'phase' or 'complex', got {modulation!r}")
-    if modulation == "complex":
-        if amplitudes is None:
-            raise DesignError(f"{source}: modulation is 'complex' but phases.npz has no 'amplitudes' array")
-        amplitudes = np.asarray(amplitudes)
-        if amplitudes.shape != expected or not np.all((amplitudes >= 0) & (amplitudes <= 1)):
-            raise DesignError(f"{source}: amplitudes must have shape {expected} and lie in [0, 1]")
-    else:
-        amplitudes = None
-    return Design(wavelength_m=wavelength, pitch_m=pitch, layer_shape=layer_shape, distances_m=distances,
-                  window_shape=window, input=dict(inp), detectors=detectors, material=dict(mat),
-                  fabrication=dict(fab), phases=phases, amplitudes=amplitudes, n_classes=n_classes,
-                  aperture=aperture, provenance=dict(doc.get("provenance", {})), metrics=dict(doc.get("metrics", {})))
+    if modulation not in MODULATIONS:
+        raise FieldError("modulation", f"must be 'phase' or 'complex', got {modulation!r}")
+    if modulation == "complex" and amplitudes is None:
+        raise DesignError("modulation is 'complex' but phases.npz has no 'amplitudes' array")
+    for key in ("provenance", "metrics"):
+        _object(doc.get(key, {}), key)
+    return cls(geometry=geometry, input=inp, detectors=detectors, material=material, fabrication=fabrication,
+               phases=np.asarray(phases), amplitudes=amplitudes if modulation == "complex" else None,
+               n_classes=doc.get("n_classes"), aperture=doc.get("aperture", "opaque"),
+               provenance=doc.get("provenance", {}), metrics=doc.get("metrics", {}))
 
 
+def _upgrade_v1(doc: dict, source: str) -> dict:
+    """A ``d2nn.design/1`` document in ``/2`` form (the key names carry the axis order).
+
+    ``/1`` had ``input.size_m`` as ``[h, w]`` but detector ``center_m`` as ``[x, y]`` and
+    ``size_m`` as ``[w, h]``; ``/2`` keeps each order and says it in the name:
+    ``input.size_yx_m``, ``detectors[k].center_xy_m``, ``detectors[k].size_xy_m``; the
+    detector's ``class`` is ``class_index``. ``/1`` ignored unknown top-level keys and kept
+    unknown keys inside ``input``/``material``/``fabrication``; here they are dropped (and
+    listed in the warning).
+    """
+    out = {k: v for k, v in doc.items() if k in _TOP_KEYS}
+    out["schema"] = SCHEMA
+    dropped = [k for k in doc if k not in _TOP_KEYS]
+    inp = doc.get("input")
+    if isinstance(inp, dict):
+        inp = dict(inp)
+        if "size_m" in inp:
+            inp["size_yx_m"] = inp.pop("size_m")
+        for k in [k for k in inp if k not in ("encoding", "size_yx_m", "phase_scale")]:
+            dropped.append(f"input.{k}")
+            del inp[k]
+        out["input"] = inp
+    dets = doc.get("detectors")
+    if isinstance(dets, list):
+        new = []
+        for d in dets:
+            if isinstance(d, dict):
+                d = dict(d)
+                for old, key in (("class", "class_index"), ("center_m", "center_xy_m"), ("size_m", "size_xy_m")):
+                    if old in d:
+                        d[key] = d.pop(old)
+            new.append(d)
+        out["detectors"] = new
+    for name, keys in (("material", ("name", "n", "kappa", "wavelength_m", "source", "assumption")),
+                       ("fabrication", ("base_m", "z_step_m"))):
+        if isinstance(doc.get(name), dict):
+            out[name] = {k: v for k, v in doc[name].items() if k in keys}
+            dropped += [f"{name}.{k}" for k in doc[name] if k not in keys]
+    note = f"; keys not in {SCHEMA} dropped: {', '.join(dropped)}" if dropped else ""
+    warnings.warn(f"{source}: read as schema {SCHEMA_V1}; re-save to upgrade to {SCHEMA}"
+                  f" (scripts/upgrade_designs.py){note}", OldSchemaWarning, stacklevel=4)
+    return out
+
+
+# --------------------------------------------------------------------------- the folder
 def load_design(path) -> Design:
     """Read and validate a design folder (or a path to its design.json)."""
     path = Path(path)
@@ -256,20 +406,21 @@ def load_design(path) -> Design:
         if isinstance(e, DesignError):
             raise
         raise DesignError(f"{npath}: cannot be read as .npz ({e})") from None
-    return design_from_json(doc, phases, amplitudes, source=str(jpath))
+    return Design.from_json(doc, phases, amplitudes, source=str(jpath))
 
 
 def save_design(design: Design, folder, *, overwrite=False) -> Path:
-    """Write ``design`` to ``folder`` (created if needed), atomically per file.
+    """Write ``design`` to ``folder`` (created if needed), atomically per file; returns the folder.
 
-    Validates the design first (so nothing is written for an invalid one) and refuses to
-    replace an existing design.json unless ``overwrite``.
+    Refuses to replace an existing design.json unless ``overwrite``. A :class:`Design` is
+    valid by construction, so nothing is checked here beyond its type.
     """
+    if not isinstance(design, Design):
+        raise TypeError(f"save_design needs a Design, got {type(design).__name__}")
     folder = Path(folder)
     doc = design.to_json()
-    design_from_json(json.loads(json.dumps(doc)), design.phases, design.amplitudes, source=f"{folder}/design.json")
     if (folder / "design.json").exists() and not overwrite:
-        raise FileExistsError(f"{folder}/design.json exists; pass overwrite=True (--force) to replace it")
+        raise OutputExists(f"{folder}/design.json", "exists", {"overwrite": "replace it"})
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {"phases": np.asarray(design.phases, dtype=np.float32)}
     if design.amplitudes is not None:
@@ -280,47 +431,49 @@ def save_design(design: Design, folder, *, overwrite=False) -> Path:
     return folder
 
 
-# Lin et al. (Science 2018) printed in VeroBlackPlus RGD875; n at 0.4 THz from the same work.
-DEFAULT_MATERIAL = {"name": "VeroBlackPlus RGD875", "n": 1.7227, "kappa": 0.031}
-DEFAULT_FABRICATION = {"base_m": 0.5e-3, "z_step_m": 16e-6}
+# --------------------------------------------------------------------------- building one
+def make_design(*, wavelength_m=LIN2018.wavelength_m, pitch_m=LIN2018.pitch_m, layer_shape=LIN2018.layer_shape,
+                n_layers=LIN2018.n_layers, spacing_m=LIN2018.spacing_m, input_distance_m=None,
+                output_distance_m=None, distances_m=None, window_shape=None, encoding="amplitude",
+                input_size_yx_m=None, phase_scale=math.pi, detectors="lin", detector_size_m=None,
+                detector_spacing_m=None, n_classes=10, material: Material | None = None,
+                fabrication: Fabrication | None = None, phases=None, amplitudes=None, seed=0,
+                provenance=None) -> Design:
+    """Build a :class:`Design` from a few parameters (defaults: :data:`diffractive.materials.LIN2018`).
 
-
-def make_design(*, wavelength_m=0.75e-3, pitch_m=0.4e-3, layer_shape=(200, 200), n_layers=5,
-                spacing_m=30e-3, input_distance_m=None, output_distance_m=None, window_shape=None,
-                encoding="amplitude", input_size_m=None, detectors="lin", detector_size_m=None,
-                detector_spacing_m=None, n_classes=10, material=None, fabrication=None, phases=None,
-                seed=0, provenance=None) -> Design:
-    """Build a :class:`Design` from a few parameters (defaults: the Lin et al. 2018 geometry).
-
-    ``phases=None`` gives uniformly random phases from ``seed`` (a stand-in before
-    training). ``detectors`` is ``"lin"``, ``"differential"`` or a list of
-    :class:`~diffractive.detectors.Detector`. The input image covers half the layer unless
-    ``input_size_m`` says otherwise.
+    Distances: ``distances_m`` (n_layers + 1 values) if given, else ``spacing_m`` between
+    layers and ``input_distance_m`` / ``output_distance_m`` (default ``spacing_m``) to the
+    input and output planes. ``phases=None`` gives uniformly random phases from ``seed`` (a
+    stand-in before training). ``detectors`` is ``"lin"``, ``"differential"`` or a list of
+    :class:`~diffractive.detectors.Detector`; ``detector_size_m`` (side of each square) and
+    ``detector_spacing_m`` go to the layout. The input image covers half the layer
+    (``input_size_yx_m = (h, w)``) unless told otherwise. ``window_shape=None``: the default
+    FFT window.
     """
     from .detectors import differential_layout, lin_layout  # noqa: PLC0415
-    from .propagation import default_window  # noqa: PLC0415
 
     grid = Grid(layer_shape, pitch_m)
     if isinstance(detectors, str):
         if detectors not in ("lin", "differential"):
-            raise ValueError(f"detectors must be 'lin', 'differential' or a list, got {detectors!r}")
+            raise FieldError("detectors", f"must be 'lin', 'differential' or a list, got {detectors!r}")
         layout = lin_layout if detectors == "lin" else differential_layout
         detectors = layout(grid, n_classes, size_m=detector_size_m, spacing_m=detector_spacing_m)
-    if input_size_m is None:
-        input_size_m = [grid.extent_m[0] / 2, grid.extent_m[1] / 2]
-    distances = [spacing_m if input_distance_m is None else input_distance_m]
-    distances += [spacing_m] * (n_layers - 1)
-    distances += [spacing_m if output_distance_m is None else output_distance_m]
+    if input_size_yx_m is None:
+        input_size_yx_m = (grid.extent_yx_m[0] / 2, grid.extent_yx_m[1] / 2)
+    if distances_m is None:
+        distances_m = [spacing_m if input_distance_m is None else input_distance_m]
+        distances_m += [spacing_m] * (n_layers - 1)
+        distances_m += [spacing_m if output_distance_m is None else output_distance_m]
+    elif len(distances_m) != n_layers + 1:
+        raise FieldError("distances_m", f"must hold n_layers + 1 = {n_layers + 1} values, got {list(distances_m)}")
     if phases is None:
         phases = np.random.default_rng(seed).uniform(0, 2 * np.pi, (n_layers,) + tuple(layer_shape))
-    design = Design(
-        wavelength_m=float(wavelength_m), pitch_m=float(pitch_m), layer_shape=tuple(layer_shape),
-        distances_m=[float(d) for d in distances],
-        window_shape=tuple(default_window(layer_shape) if window_shape is None else window_shape),
-        input={"encoding": encoding, "size_m": [float(v) for v in input_size_m]},
-        detectors=list(detectors), n_classes=n_classes,
-        material=dict(DEFAULT_MATERIAL if material is None else material),
-        fabrication=dict(DEFAULT_FABRICATION if fabrication is None else fabrication),
-        phases=np.asarray(phases, dtype=np.float32), provenance=dict(provenance or {"seed": seed}))
-    design_from_json(json.loads(json.dumps(design.to_json())), design.phases, source="make_design")
-    return design
+    return Design(
+        geometry=StackGeometry(tuple(layer_shape), pitch_m, wavelength_m, tuple(distances_m), window_shape),
+        input=InputSpec(encoding, tuple(input_size_yx_m), phase_scale),
+        detectors=tuple(detectors), n_classes=n_classes,
+        material=DEFAULT_MATERIAL if material is None else material,
+        fabrication=LIN2018.fabrication if fabrication is None else fabrication,
+        phases=np.asarray(phases, dtype=np.float32),
+        amplitudes=None if amplitudes is None else np.asarray(amplitudes, dtype=np.float32),
+        provenance=dict(provenance or {"seed": seed}))

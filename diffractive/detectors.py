@@ -1,7 +1,7 @@
 """Detector regions on the output plane and their readout.
 
-A detector is a rectangle on the output plane (centre and size in metres, axes as in
-:mod:`diffractive.grid`) that belongs to one class and carries a sign. Class ``c``'s score
+A detector is a rectangle on the output plane (centre ``center_xy_m = (x, y)`` and size
+``size_xy_m = (w, h)`` in metres, axes as in :mod:`diffractive.grid`) that belongs to one class and carries a sign. Class ``c``'s score
 is the signed sum of its detectors' powers: one ``+1`` detector per class gives the
 Lin et al. (Science 2018) readout, a ``+1``/``-1`` pair per class the differential
 detection of Li et al. (Adv. Photonics 2019), score = P+ - P-.
@@ -18,32 +18,50 @@ import numpy as np
 
 from ._validate import finite_real, positive_finite
 from .backend import get_array_module
+from .errors import FieldError, field_errors
 from .grid import Grid
 
 
 @dataclass(frozen=True)
 class Detector:
-    """One rectangular detector: ``center_m = (x, y)``, ``size_m = (w, h)``, metres."""
+    """One rectangular detector on the output plane, metres.
+
+    ``center_xy_m = (x, y)`` is its centre and ``size_xy_m = (w, h)`` its width along ``x``
+    and height along ``y`` (axes as in :mod:`diffractive.grid`); it votes for class
+    ``class_index`` with ``sign`` +1 or -1. Bad values raise
+    :class:`~diffractive.errors.FieldError` naming the field.
+    """
 
     class_index: int
-    center_m: tuple[float, float]
-    size_m: tuple[float, float]
+    center_xy_m: tuple[float, float]
+    size_xy_m: tuple[float, float]
     sign: int = 1
 
     def __post_init__(self):
-        if isinstance(self.class_index, bool) or not isinstance(self.class_index, (int, np.integer)) or self.class_index < 0:
-            raise ValueError(f"detector class must be a non-negative integer, got {self.class_index!r}")
-        cx, cy = (finite_real("detector center_m", v) for v in self.center_m)
-        w, h = (positive_finite("detector size_m", v) for v in self.size_m)
-        if self.sign not in (1, -1):
-            raise ValueError(f"detector sign must be 1 or -1, got {self.sign!r}")
-        object.__setattr__(self, "class_index", int(self.class_index))
-        object.__setattr__(self, "center_m", (cx, cy))
-        object.__setattr__(self, "size_m", (w, h))
+        c = self.class_index
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0:
+            raise FieldError("class_index", f"must be a non-negative integer, got {c!r}")
+        with field_errors("center_xy_m"):
+            cx, cy = _pair("center_xy_m", self.center_xy_m, finite_real)
+        with field_errors("size_xy_m"):
+            w, h = _pair("size_xy_m", self.size_xy_m, positive_finite)
+        if isinstance(self.sign, bool) or self.sign not in (1, -1):
+            raise FieldError("sign", f"must be 1 or -1, got {self.sign!r}")
+        object.__setattr__(self, "class_index", int(c))
+        object.__setattr__(self, "center_xy_m", (cx, cy))
+        object.__setattr__(self, "size_xy_m", (w, h))
+        object.__setattr__(self, "sign", int(self.sign))
 
     def to_json(self) -> dict:
-        return {"class": self.class_index, "center_m": list(self.center_m), "size_m": list(self.size_m),
-                "sign": self.sign}
+        return {"class_index": self.class_index, "center_xy_m": list(self.center_xy_m),
+                "size_xy_m": list(self.size_xy_m), "sign": self.sign}
+
+
+def _pair(name, value, check):
+    """Two numbers checked by ``check(name, v)`` (a list or tuple of length 2), else ``ValueError``."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise ValueError(f"{name} must be a pair of numbers, got {value!r}")
+    return tuple(check(name, v) for v in value)
 
 
 def _coverage_1d(centers, pitch, lo, hi):
@@ -58,10 +76,10 @@ def detector_masks(detectors, grid: Grid, xp=np, dtype=np.float32):
     Raises ``ValueError`` if a detector lies (partly) outside the grid.
     """
     x, y = grid.x_m(), grid.y_m()
-    half_w, half_h = grid.extent_m[1] / 2, grid.extent_m[0] / 2
+    half_h, half_w = grid.extent_yx_m[0] / 2, grid.extent_yx_m[1] / 2
     masks = np.zeros((len(detectors),) + grid.shape, dtype=np.float64)
     for k, d in enumerate(detectors):
-        (cx, cy), (w, h) = d.center_m, d.size_m
+        (cx, cy), (w, h) = d.center_xy_m, d.size_xy_m
         if abs(cx) + w / 2 > half_w + 1e-9 or abs(cy) + h / 2 > half_h + 1e-9:
             raise ValueError(f"detector {k} (class {d.class_index}) at ({cx:.4g}, {cy:.4g}) m of size ({w:.4g}, {h:.4g}) m "
                              f"reaches outside the output plane ({2 * half_w:.4g} x {2 * half_h:.4g} m)")
@@ -98,14 +116,14 @@ def class_scores(powers, detectors, n_classes: int | None = None):
     return powers @ xp.asarray(score_matrix(detectors, n_classes), dtype=powers.dtype)
 
 
-def _row_layout(counts, size_m, spacing_m):
-    """Centres of detectors in rows of the given counts, centred on the axis, y increasing."""
+def _row_layout(counts, size_m, spacing_xy_m):
+    """Centres (x, y) of detectors in rows of the given counts, centred on the axis, y increasing."""
     centers = []
     n_rows = len(counts)
     for r, count in enumerate(counts):
-        y = (r - (n_rows - 1) / 2) * spacing_m[1]
+        y = (r - (n_rows - 1) / 2) * spacing_xy_m[1]
         for c in range(count):
-            centers.append(((c - (count - 1) / 2) * spacing_m[0], y))
+            centers.append(((c - (count - 1) / 2) * spacing_xy_m[0], y))
     return centers
 
 
@@ -117,7 +135,7 @@ def lin_layout(grid: Grid, n_classes: int = 10, size_m: float | None = None, spa
     centre, both axes) to 2.5 detector sizes, which keeps the whole pattern inside the
     central ~60 % of the plane.
     """
-    extent = min(grid.extent_m)
+    extent = min(grid.extent_yx_m)
     size_m = extent / 12 if size_m is None else positive_finite("size_m", size_m)
     spacing_m = 2.5 * size_m if spacing_m is None else positive_finite("spacing_m", spacing_m)
     if rows is None:
@@ -138,7 +156,7 @@ def differential_layout(grid: Grid, n_classes: int = 10, size_m: float | None = 
     detector sizes, so a row of 10 detectors spans the central ~70 % of the plane, like
     :func:`lin_layout`.
     """
-    extent = min(grid.extent_m)
+    extent = min(grid.extent_yx_m)
     size_m = extent / 24 if size_m is None else positive_finite("size_m", size_m)
     spacing_m = 1.75 * size_m if spacing_m is None else positive_finite("spacing_m", spacing_m)
     per_row = min(5, n_classes)

@@ -17,7 +17,7 @@ from ._validate import positive_finite, shape2
 
 @dataclass(frozen=True)
 class Grid:
-    """A square-pixel grid of ``shape = (ny, nx)`` pixels of side ``pitch_m`` metres."""
+    """A square-pixel grid of ``shape = (ny, nx)`` pixels (rows, columns) of side ``pitch_m`` metres."""
 
     shape: tuple[int, int]
     pitch_m: float
@@ -35,8 +35,8 @@ class Grid:
         return self.shape[1]
 
     @property
-    def extent_m(self) -> tuple[float, float]:
-        """Physical size (height, width) in metres."""
+    def extent_yx_m(self) -> tuple[float, float]:
+        """Physical size ``(height along y, width along x)`` in metres: ``(ny, nx) * pitch_m``."""
         return self.ny * self.pitch_m, self.nx * self.pitch_m
 
     def x_m(self) -> np.ndarray:

@@ -58,13 +58,14 @@ import numpy as np
 from ._validate import field_array, finite_real, positive_finite, shape2
 from .backend import get_array_module
 from .convolution import WorkspacePool, clear_fft_caches, run_chunks
+from .errors import D2NNError
 
 
 class SamplingWarning(UserWarning):
     """The grid, window or distance lose part of the physics; the message gives numbers."""
 
 
-class SamplingError(ValueError):
+class SamplingError(D2NNError):
     """Raised instead of :class:`SamplingWarning` when ``check="error"``."""
 
 

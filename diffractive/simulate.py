@@ -7,7 +7,6 @@ import numpy as np
 
 from .backend import resolve_backend, to_numpy
 from .detectors import class_scores, detector_masks, readout
-from .encoding import encode
 from .layers import transmission
 from .stack import forward
 
@@ -33,9 +32,7 @@ def design_transmissions(design, xp=np, dtype=np.complex64, phases=None):
 
 def input_fields(design, images, xp=np):
     """Encode images (B, h, w) in [0, 1] as the design's input fields (B, ny, nx)."""
-    inp = design.input
-    return encode(xp.asarray(images, dtype=np.float32), design.grid, inp["size_m"], inp["encoding"],
-                  inp.get("phase_scale", np.pi))
+    return design.input.fields(xp.asarray(images, dtype=np.float32), design.grid)
 
 
 def simulate(design, images, *, batch_size=64, backend=None, keep_intensity=False, transmissions=None,

@@ -37,6 +37,7 @@ import numpy as np
 
 from ._validate import positive_finite, shape2
 from .backend import get_array_module
+from .errors import FieldError, field_errors
 from .grid import Grid
 from .propagation import Engine, check_sampling, default_window, sampling_report
 from .propagation import shared_engine as _shared_engine  # stack.shared_engine takes a geometry
@@ -54,16 +55,26 @@ class StackGeometry:
     band_limit: bool = True
 
     def __post_init__(self):
-        object.__setattr__(self, "layer_shape", shape2("layer_shape", self.layer_shape))
-        object.__setattr__(self, "pitch_m", positive_finite("pitch_m", self.pitch_m))
-        object.__setattr__(self, "wavelength_m", positive_finite("wavelength_m", self.wavelength_m))
-        d = tuple(positive_finite(f"distances_m[{i}]", v) for i, v in enumerate(self.distances_m))
+        # each check names its field (FieldError, a ValueError), so a design file's reader can say which
+        with field_errors("layer_shape"):
+            object.__setattr__(self, "layer_shape", shape2("layer_shape", self.layer_shape))
+        with field_errors("pitch_m"):
+            object.__setattr__(self, "pitch_m", positive_finite("pitch_m", self.pitch_m))
+        with field_errors("wavelength_m"):
+            object.__setattr__(self, "wavelength_m", positive_finite("wavelength_m", self.wavelength_m))
+        if isinstance(self.distances_m, (str, bytes)) or not hasattr(self.distances_m, "__iter__"):
+            raise FieldError("distances_m", f"must be a list of distances, got {self.distances_m!r}")
+        d = []
+        for i, v in enumerate(self.distances_m):
+            with field_errors(f"distances_m[{i}]"):
+                d.append(positive_finite(f"distances_m[{i}]", v))
         if len(d) < 1:
-            raise ValueError("distances_m must hold at least one distance")
-        object.__setattr__(self, "distances_m", d)
-        w = default_window(self.layer_shape) if self.window_shape is None else shape2("window_shape", self.window_shape)
+            raise FieldError("distances_m", "must hold at least one distance")
+        object.__setattr__(self, "distances_m", tuple(d))
+        with field_errors("window_shape"):
+            w = default_window(self.layer_shape) if self.window_shape is None else shape2("window_shape", self.window_shape)
         if w[0] < self.layer_shape[0] or w[1] < self.layer_shape[1]:
-            raise ValueError(f"window_shape {list(w)} must be at least layer_shape {list(self.layer_shape)}")
+            raise FieldError("window_shape", f"{list(w)} must be at least layer_shape {list(self.layer_shape)}")
         object.__setattr__(self, "window_shape", w)
 
     @property

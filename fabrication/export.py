@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from diffractive.design import write_json_atomic
+from diffractive.errors import OutputExists
 
 from .heights import base_steps, check_base, check_z_step, phase_period_m, phase_to_steps, relief_levels
 from .holder import HolderSpec, build_holder
@@ -52,8 +53,8 @@ class ExportResult:
 def fabrication_settings(design, *, material: Material | None = None, z_step_m=None, base_m=None):
     """(material, z step, base) for an export: the arguments, else the design's values."""
     mat = material if material is not None else resolve_material(design.material)
-    z = check_z_step(design.fabrication["z_step_m"] if z_step_m is None else z_step_m)
-    b = check_base(design.fabrication["base_m"] if base_m is None else base_m)
+    z = check_z_step(design.fabrication.z_step_m if z_step_m is None else z_step_m)
+    b = check_base(design.fabrication.base_m if base_m is None else base_m)
     return mat, z, b
 
 
@@ -61,7 +62,7 @@ def _check_target(out: Path, force: bool):
     if out.exists() and not out.is_dir():
         raise FabricationError(f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"{out} exists and is not empty; pass --force to replace the export in it")
+        raise OutputExists(out, "exists and is not empty", {"force": "replace the export in it"})
 
 
 def _publish(staging: Path, out: Path, new_files: list[str]):

@@ -5,6 +5,8 @@
 """
 from __future__ import annotations
 
+from .materials import FabricationError
+
 _FONT = {
     "0": [".###.", "#...#", "#..##", "#.#.#", "##..#", "#...#", ".###."],
     "1": ["..#..", ".##..", "..#..", "..#..", "..#..", "..#..", ".###."],
@@ -47,7 +49,7 @@ def glyph_cells(text: str) -> list[tuple[int, int]]:
         try:
             rows = _FONT[ch]
         except KeyError:
-            raise ValueError(f"character {ch!r} is not in the mark font") from None
+            raise FabricationError(f"character {ch!r} is not in the mark font") from None
         for r, line in enumerate(rows):
             for c, px in enumerate(line):
                 if px == "#":

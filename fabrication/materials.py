@@ -1,7 +1,10 @@
-"""Printing materials: complex refractive index ``n + i*kappa`` at the design wavelength.
+"""Printing materials for export: look-up by name, user material files, command-line overrides.
 
-The table holds materials whose values come with a source. A user material comes from
-the command line (``--n``/``--kappa``) or from a TOML file (``--material-file``)::
+:class:`Material` (complex refractive index ``n + i*kappa`` at the design wavelength), the
+table :data:`MATERIALS` of materials whose values come with a source, and the Lin 2018
+defaults live in the physics core (:mod:`diffractive.materials`) and are re-exported here.
+A user material comes from the command line (``--n``/``--kappa``) or from a TOML file
+(``--material-file``)::
 
     # my-resin.toml -- values at the design wavelength
     name = "MyResin"
@@ -14,61 +17,21 @@ the command line (``--n``/``--kappa``) or from a TOML file (``--material-file``)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
-
+from diffractive import materials as _core
 from diffractive._validate import finite_real
+from diffractive.errors import D2NNError, FieldError
+from diffractive.materials import LIN2018, MATERIALS, Material  # noqa: F401  (re-exported)
 
-from diffractive.design import DesignError
 
-
-class FabricationError(DesignError):
+class FabricationError(D2NNError):
     """Bad input to fabrication (material, heights, printer settings, STL files).
 
-    A :class:`ValueError`; derived from :class:`diffractive.design.DesignError` so that
-    every ``d2nn`` command (``export``, ``simulate --from-stl``) reports it as one line.
+    A :class:`~diffractive.errors.D2NNError` (so a :class:`ValueError`), which every
+    ``d2nn`` command (``export``, ``simulate --from-stl``) reports as one line.
     """
-
-
-@dataclass(frozen=True)
-class Material:
-    """A printing material at one wavelength: refractive index ``n`` and extinction ``kappa``.
-
-    ``wavelength_m`` is where the values were measured (``None``: not stated);
-    ``source`` says where they come from; ``assumption`` is set when a value is not
-    verified against its source.
-    """
-
-    name: str
-    n: float
-    kappa: float
-    wavelength_m: float | None = None
-    source: str = ""
-    assumption: str = ""
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
-
-    def __post_init__(self):
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise FabricationError(f"material name must be a non-empty string, got {self.name!r}")
-        object.__setattr__(self, "n", check_index(self.n))
-        object.__setattr__(self, "kappa", check_kappa(self.kappa))
-        if self.wavelength_m is not None:
-            w = _real("material wavelength_m", self.wavelength_m)
-            if w <= 0:
-                raise FabricationError(f"material wavelength_m must be positive, got {w!r}")
-            object.__setattr__(self, "wavelength_m", w)
-
-    def to_json(self) -> dict:
-        """The ``{name, n, kappa}`` record used in design.json (plus provenance keys)."""
-        out = {"name": self.name, "n": self.n, "kappa": self.kappa}
-        if self.wavelength_m is not None:
-            out["wavelength_m"] = self.wavelength_m
-        if self.source:
-            out["source"] = self.source
-        if self.assumption:
-            out["assumption"] = self.assumption
-        return out
 
 
 def _real(name, value) -> float:
@@ -78,35 +41,31 @@ def _real(name, value) -> float:
         raise FabricationError(str(e)) from None
 
 
+# The material model (Material, the n > 1 and kappa >= 0 checks, the table and the Lin 2018
+# defaults) lives in the physics core, diffractive/materials.py; fabrication re-exports it and
+# words the core's FieldError as a FabricationError for its own callers.
+_WORDS = {"n": "refractive index n", "kappa": "extinction coefficient kappa"}
+
+
+def _worded(e: FieldError) -> str:
+    return f"{_WORDS.get(e.field, 'material ' + e.field)} {e.problem}"
+
+
 def check_index(n) -> float:
-    """Return ``n`` as float if it is a finite refractive index > 1, else raise."""
-    n = _real("refractive index n", n)
-    if n <= 1:
-        raise FabricationError(f"refractive index n must be greater than 1 (the material must slow the wave "
-                               f"relative to air), got {n!r}")
-    return n
+    """Return ``n`` as float if it is a finite refractive index > 1, else raise :class:`FabricationError`."""
+    try:
+        return _core.check_index(n)
+    except FieldError as e:
+        raise FabricationError(_worded(e)) from None
 
 
 def check_kappa(kappa) -> float:
-    """Return ``kappa`` as float if it is a finite extinction coefficient >= 0, else raise."""
-    kappa = _real("extinction coefficient kappa", kappa)
-    if kappa < 0:
-        raise FabricationError(f"extinction coefficient kappa must be >= 0 (a passive material absorbs), got {kappa!r}")
-    return kappa
+    """Return ``kappa`` as float if it is a finite extinction coefficient >= 0, else raise :class:`FabricationError`."""
+    try:
+        return _core.check_kappa(kappa)
+    except FieldError as e:
+        raise FabricationError(_worded(e)) from None
 
-
-#: Lin et al., "All-optical machine learning using diffractive deep neural networks",
-#: Science 361, 1004 (2018), doi:10.1126/science.aat8084: the layers were printed in
-#: VeroBlackPlus RGD875 (Stratasys PolyJet) and the paper gives n = 1.7227 at 0.4 THz.
-_LIN2018 = "Lin et al., Science 361, 1004 (2018), doi:10.1126/science.aat8084"
-MATERIALS: dict[str, Material] = {
-    "VeroBlackPlus RGD875": Material(
-        name="VeroBlackPlus RGD875", n=1.7227, kappa=0.031, wavelength_m=0.75e-3,
-        source=f"n: {_LIN2018} (0.4 THz)",
-        assumption="kappa = 0.031 is the value commonly quoted from the supplementary material of Lin et al. "
-                   "2018 at 0.4 THz; it could not be checked against the source text here. Measure it "
-                   "(THz-TDS) for your resin and printer before relying on absorption numbers."),
-}
 
 _ALIASES = {"veroblackplus": "VeroBlackPlus RGD875", "rgd875": "VeroBlackPlus RGD875",
             "vero": "VeroBlackPlus RGD875", "veroblackplus-rgd875": "VeroBlackPlus RGD875"}
@@ -130,7 +89,7 @@ def get_material(name: str) -> Material:
         return by_key[_key(name)]
     except KeyError:
         raise FabricationError(f"unknown material {name!r}; known: {', '.join(material_names())} "
-                               "(or give --n/--kappa or --material-file)") from None
+                               "(or give n and kappa, or a material file)") from None
 
 
 def material_from_dict(doc: dict, source: str = "material") -> Material:
@@ -144,8 +103,8 @@ def material_from_dict(doc: dict, source: str = "material") -> Material:
         return Material(name=str(doc.get("name", "custom")), n=doc["n"], kappa=doc["kappa"],
                         wavelength_m=doc.get("wavelength_m"), source=str(doc.get("source", "")),
                         assumption=str(doc.get("assumption", "")))
-    except FabricationError as e:
-        raise FabricationError(f"{source}: {e}") from None
+    except FieldError as e:
+        raise FabricationError(f"{source}: {_worded(e)}") from None
 
 
 def load_material_file(path) -> Material:
@@ -166,9 +125,12 @@ def load_material_file(path) -> Material:
     return material_from_dict(doc, source=str(path))
 
 
-def resolve_material(design_material: dict | None = None, *, name: str | None = None, n=None, kappa=None,
-                     material_file=None) -> Material:
+def resolve_material(design_material: Material | dict | None = None, *, name: str | None = None, n=None,
+                     kappa=None, material_file=None) -> Material:
     """The material an export uses: a table entry, a TOML file or the design's, with overrides.
+
+    ``design_material`` is a design's :class:`Material` (or a ``{name, n, kappa}`` mapping);
+    ``None``: the Lin 2018 material.
 
     ``name`` and ``material_file`` are exclusive. ``n``/``kappa`` override single values of
     whatever was chosen (then the name becomes ``"<name> (custom n/kappa)"``).
@@ -179,10 +141,12 @@ def resolve_material(design_material: dict | None = None, *, name: str | None = 
         mat = load_material_file(material_file)
     elif name is not None:
         mat = get_material(name)
+    elif isinstance(design_material, Material):
+        mat = design_material
     elif design_material is not None:
         mat = material_from_dict(design_material, source="design.json field 'material'")
     else:
-        mat = MATERIALS["VeroBlackPlus RGD875"]
+        mat = LIN2018.material
     if n is not None or kappa is not None:
         new_n = mat.n if n is None else check_index(n)
         new_k = mat.kappa if kappa is None else check_kappa(kappa)

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .materials import FabricationError
+
 SW, SE, NE, NW, ZERO = 0, 1, 2, 3, 4
 _DIAG = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]]) / np.sqrt(2.0)
 
@@ -53,15 +55,15 @@ class HeightField:
         self.levels = np.asarray(self.levels)
         ny, nx = self.levels.shape
         if self.x_mm.shape != (nx + 1,) or self.y_mm.shape != (ny + 1,):
-            raise ValueError(f"node coordinates must have {nx + 1} x and {ny + 1} y values")
+            raise FabricationError(f"node coordinates must have {nx + 1} x and {ny + 1} y values")
         if np.any(np.diff(self.x_mm) <= 0) or np.any(np.diff(self.y_mm) <= 0):
-            raise ValueError("node coordinates must increase strictly")
+            raise FabricationError("node coordinates must increase strictly")
         if not np.issubdtype(self.levels.dtype, np.integer) or np.any(self.levels < 0):
-            raise ValueError("levels must be non-negative integers (printer layers)")
+            raise FabricationError("levels must be non-negative integers (printer layers)")
         if self.fan_bottom is not None:
             j0, j1, i0, i1 = self.fan_bottom
             if not (0 <= j0 < j1 <= ny and 0 <= i0 < i1 <= nx) or np.any(self.levels[j0:j1, i0:i1] <= 0):
-                raise ValueError("fan_bottom must be a rectangle of cells that all hold material")
+                raise FabricationError("fan_bottom must be a rectangle of cells that all hold material")
 
     def volume_mm3(self) -> float:
         """Exact volume of the solid: sum of cell area x height."""
@@ -212,7 +214,7 @@ def height_field_mesh(hf: HeightField, saddle_offset_mm: float = 1e-3) -> Mesh:
     zb_s = np.where(a_hi[sad_nodes], np.minimum(Q[sad_nodes, SW], Q[sad_nodes, NE]),
                     np.minimum(Q[sad_nodes, SE], Q[sad_nodes, NW]))
     if np.any(za[sad_nodes] == 0):
-        raise ValueError("two cells with material touch only at a corner at the bottom (z = 0); "
+        raise FabricationError("two cells with material touch only at a corner at the bottom (z = 0); "
                          "the solid would not be manifold")
     n_keyed = len(v_node)
     m_index = np.full(len(Q), -1, dtype=np.int32)

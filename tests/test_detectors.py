@@ -42,14 +42,14 @@ def test_lin_layout_and_readout_of_a_uniform_plane():
     assert len(dets) == 10 and [d.class_index for d in dets] == list(range(10))
     masks = detector_masks(dets, grid, dtype=np.float64)
     assert masks.sum(axis=0).max() <= 1 + 1e-12          # no two detectors overlap
-    size = dets[0].size_m[0]
+    size = dets[0].size_xy_m[0]
     powers = readout(np.ones((3,) + grid.shape), masks)
     assert powers.shape == (3, 10)
     np.testing.assert_allclose(powers, (size / P) ** 2, rtol=1e-12)
     # 3-4-3 rows, centred on the axis
-    ys = sorted({round(d.center_m[1], 9) for d in dets})
+    ys = sorted({round(d.center_xy_m[1], 9) for d in dets})
     assert len(ys) == 3 and ys[0] == pytest.approx(-ys[2]) and ys[1] == pytest.approx(0)
-    assert np.mean([d.center_m[0] for d in dets]) == pytest.approx(0, abs=1e-12)
+    assert np.mean([d.center_xy_m[0] for d in dets]) == pytest.approx(0, abs=1e-12)
 
 
 def test_readout_sees_only_the_lit_detector():
@@ -101,9 +101,9 @@ def test_bad_detectors_are_refused():
         detector_masks([Detector(0, (9 * P, 0.0), (3 * P, P))], grid)
     with pytest.raises(ValueError, match="sign"):
         Detector(0, (0.0, 0.0), (P, P), sign=0)
-    with pytest.raises(ValueError, match="size_m"):
+    with pytest.raises(ValueError, match="size_xy_m"):
         Detector(0, (0.0, 0.0), (P, -P))
-    with pytest.raises(ValueError, match="center_m"):
+    with pytest.raises(ValueError, match="center_xy_m"):
         Detector(0, (np.nan, 0.0), (P, P))
     with pytest.raises(ValueError, match="class"):
         Detector(-1, (0.0, 0.0), (P, P))

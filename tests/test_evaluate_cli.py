@@ -1,10 +1,9 @@
 """``d2nn measure-sim`` followed by ``d2nn evaluate``, end to end, on a small design.
 
-The dataset loader is replaced by the scikit-learn digits (tests/test_measured_common.py),
-so these tests need no downloaded data and do not depend on training.datasets.
+The design is trained, its provenance says, on scikit-learn's digits, which the real
+training.datasets serves offline (tests/test_measured_common.py): no downloaded data.
 """
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -13,12 +12,7 @@ from d2nn.cli import main
 from diffractive.design import save_design
 from diffractive.simulate import simulate
 
-from test_measured_common import digits_split, fake_datasets_module, small_design
-
-
-@pytest.fixture(autouse=True)
-def fake_datasets(monkeypatch):
-    monkeypatch.setitem(sys.modules, "training.datasets", fake_datasets_module())
+from test_measured_common import design_images, small_design
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +44,9 @@ def measure(capsys, design_dir, out, *extra, samples=30, fmt="csv"):
 def simulated(design_dir, inputs):
     from diffractive.design import load_design
 
-    images, _ = digits_split()
-    return simulate(load_design(design_dir), images[np.asarray(inputs)])
+    design = load_design(design_dir)
+    images, _ = design_images(design, "test")
+    return simulate(design, images[np.asarray(inputs)])
 
 
 def test_noiseless_detector_powers_give_exactly_the_simulated_predictions(capsys, design_dir, tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from d2nn.cli import main
-from diffractive.design import make_design, save_design
+from diffractive.design import DesignError, make_design, save_design
 from fabrication import export as export_mod
 from fabrication.export import export_design
 from fabrication.heights import height_to_transmission, phase_to_steps
@@ -38,11 +38,11 @@ def test_files_and_manifest(design, exported):
     man = json.loads((out / "manifest.json").read_text())
     assert man == res.manifest
     assert man["units"] == "mm" and man["schema"] == "d2nn.export/1"
-    assert man["material"]["name"] == design.material["name"] and man["material"]["n"] == design.material["n"]
-    assert man["z_step_mm"] == pytest.approx(design.fabrication["z_step_m"] * 1e3)
+    assert man["material"]["name"] == design.material.name and man["material"]["n"] == design.material.n
+    assert man["z_step_mm"] == pytest.approx(design.fabrication.z_step_m * 1e3)
     z = man["z_step_mm"]
-    levels = phase_to_steps(design.phases, design.wavelength_m, design.material["n"], design.fabrication["z_step_m"],
-                            design.fabrication["base_m"])
+    levels = phase_to_steps(design.phases, design.wavelength_m, design.material.n, design.fabrication.z_step_m,
+                            design.fabrication.base_m)
     for e, lv in zip(man["layers"], levels):
         assert e["sha256"] == sha256_file(out / e["file"])
         assert e["min_height_mm"] == pytest.approx(lv.min() * z) and e["max_height_mm"] == pytest.approx(lv.max() * z)
@@ -74,8 +74,8 @@ def test_each_layer_is_a_verified_solid(design, exported):
 
 def test_stl_round_trip_is_exact_and_includes_absorption(design, exported):
     out, _ = exported
-    n, kappa, z, base = (design.material["n"], design.material["kappa"], design.fabrication["z_step_m"],
-                         design.fabrication["base_m"])
+    n, kappa, z, base = (design.material.n, design.material.kappa, design.fabrication.z_step_m,
+                         design.fabrication.base_m)
     levels, _ = heights_from_export(design, out)
     expected = phase_to_steps(design.phases, design.wavelength_m, n, z, base)
     np.testing.assert_array_equal(levels, expected)
@@ -165,7 +165,7 @@ def test_bad_settings_write_nothing(design, tmp_path, kwargs, match):
 def test_non_finite_phases_write_nothing(design, tmp_path):
     ph = design.phases.copy()
     ph[1, 2, 3] = np.nan
-    with pytest.raises(FabricationError, match="non-finite"):
+    with pytest.raises(DesignError, match="finite"):  # a Design cannot hold them, so no export starts
         export_design(dataclasses.replace(design, phases=ph), tmp_path / "x")
     assert os.listdir(tmp_path) == []
 
@@ -194,7 +194,7 @@ def test_cli_export(design, tmp_path, capsys):
     mat = tmp_path / "m.toml"
     mat.write_text('name = "Resin X"\nn = 1.6\nkappa = 0.02\n')
     assert main(["export", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--material-file", str(mat),
-                 "--z-step", "20e-6", "--base", "0.6e-3"]) == 0
+                 "--z-step", "20um", "--base", "0.6mm"]) == 0
     man = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert man["material"]["name"] == "Resin X" and man["z_step_mm"] == pytest.approx(0.02)
     assert man["base_mm"] == pytest.approx(0.6)
@@ -212,7 +212,9 @@ def test_cli_export(design, tmp_path, capsys):
     (["--n", "1.0"], "refractive index n must be greater than 1"),
     (["--kappa", "-0.1"], "kappa must be >= 0"),
     (["--z-step", "0"], "z step must be positive"),
-    (["--base=-1e-3"], "base thickness must be >= 0"),
+    (["--base=-1mm"], "base thickness must be >= 0"),
+    (["--base", "0.6"], "'0.6' has no unit: give a unit, e.g. 0.1mm"),
+    (["--z-step", "16 furlongs"], "unknown length unit"),
     (["--material", "unobtainium"], "unknown material"),
 ])
 def test_cli_bad_input_is_one_line(design, tmp_path, capsys, args, match):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from diffractive.detectors import detector_masks, readout
-from diffractive.labsim import Imperfections, simulate_lab
+from diffractive.measured.synthetic import Imperfections, simulate_lab
 from diffractive.measured.io import Scan, centred_origin
 from diffractive.measured.registration import (Registration, integrate_scan, register_to_detectors,
                                                register_to_simulation, scan_detector_masks)
@@ -87,7 +87,7 @@ def test_registration_by_power_on_detectors_without_inputs():
     rng = np.random.default_rng(0)
     I = []
     for c in range(10):
-        cx, cy = design.detectors[c].center_m
+        cx, cy = design.detectors[c].center_xy_m
         # the spot at design point (cx, cy) appears at scan point (cx, cy) - offset
         I.append(np.exp(-((X - cx + off[0]) ** 2 + (Y - cy + off[1]) ** 2) / (2 * (1.5 * p) ** 2))
                  + 0.01 * rng.random(shape))
@@ -103,7 +103,7 @@ def test_rotated_masks_keep_the_detector_area():
     shape = (80, 80)
     reg = Registration(offset_m=(0.2e-3, -0.1e-3), rotation_rad=0.3, scale=1.1)
     masks = scan_detector_masks(shape, p, centred_origin(shape, p), design.detectors, reg)
-    areas = np.array([d.size_m[0] * d.size_m[1] for d in design.detectors])
+    areas = np.array([d.size_xy_m[0] * d.size_xy_m[1] for d in design.detectors])
     np.testing.assert_allclose(masks.sum(axis=(1, 2)) * (reg.scale * p) ** 2, areas, rtol=0.02)
     # axis-aligned masks on the design grid equal the library's detector masks
     m0 = scan_detector_masks(design.grid.shape, design.pitch_m, centred_origin(design.grid.shape, design.pitch_m),

@@ -20,7 +20,7 @@ GEOM = {"layer_shape": [24, 24], "n_layers": 2, "distance_m": 6e-3, "pitch_m": 0
 
 
 def tiny_config(rule="backprop", options=None, **trainer):
-    doc = {"name": f"tiny-{rule}", "geometry": dict(GEOM), "input": {"size_m": [6.4e-3, 6.4e-3]},
+    doc = {"name": f"tiny-{rule}", "geometry": dict(GEOM), "input": {"size_yx_m": [6.4e-3, 6.4e-3]},
            "detectors": {"size_m": 1.2e-3, "spacing_m": 2.4e-3},
            "trainer": {"rule": rule, "epochs": 2, "batch_size": 32, "learning_rate": 0.05, "workers": 1,
                        "checkpoint_every": 5, **trainer}}
@@ -58,6 +58,18 @@ def block_sum(g, block):
 
 
 # ----------------------------------------------------------------------------- config
+def test_one_rule_registry():
+    """The rule names the config accepts, and make_rule builds, are one dict (training/rules/options.py)."""
+    import training.config
+    import training.rules
+    import training.rules.options
+
+    assert training.config.RULE_OPTIONS is training.rules.options.RULES is training.rules.RULES
+    assert set(training.rules.options.RULES) == {"backprop", "es", "spsa", "ga", "dfa", "hsic", "pat"}
+    for name in training.rules.options.RULES:   # every rule but backprop is the module of its name
+        assert name == "backprop" or (ROOT / "training" / "rules" / f"{name}.py").is_file()
+
+
 def test_rule_configs_parse_and_bad_options_are_refused():
     for path in sorted((ROOT / "designs").glob("rules-*.toml")):
         cfg = load_config(path)
@@ -80,6 +92,21 @@ def test_rule_configs_parse_and_bad_options_are_refused():
 
 
 # ----------------------------------------------------------------------------- shared pieces
+def _assert_mse_is_one_definition(cfg, model, batch, powers):
+    """loss = "mse" means the same for backprop and for the measuring rules: each detector's
+    share of the power on the detectors against a one-hot target (training/losses.py)."""
+    import dataclasses
+
+    mse_cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, loss="mse"))
+    loss_bp, _ = autograd_gradient(model, mse_cfg, *batch)
+    loss_m, _ = loss_and_logits(powers, batch[1].numpy(), model.score_matrix.numpy(), "mse")
+    S, y = model.score_matrix.numpy().astype(np.float64), batch[1].numpy()
+    share = powers / powers.sum(axis=1, keepdims=True)
+    by_hand = np.mean((share - (S[:, y].T > 0)) ** 2)
+    assert loss_m == pytest.approx(by_hand, rel=1e-12)
+    assert loss_bp == pytest.approx(by_hand, rel=1e-5)
+
+
 def test_measured_loss_equals_the_trainers_loss(batch):
     cfg = tiny_config()
     model = D2NN(design_from_config(cfg))
@@ -88,6 +115,7 @@ def test_measured_loss_equals_the_trainers_loss(batch):
     loss_m, logits = loss_and_logits(powers, batch[1].numpy(), model.score_matrix.numpy())
     assert abs(loss_m - loss_bp) < 1e-5 * loss_bp
     sp = Superpixels((2, 24, 24), 5)
+    _assert_mse_is_one_definition(cfg, model, batch, powers)
     theta = np.random.default_rng(0).random(sp.theta_shape).astype(np.float32)
     assert sp.theta_shape == (2, 5, 5) and np.array_equal(sp.theta(sp.expand(theta)), theta)
     g = np.random.default_rng(1).standard_normal((2, 24, 24))   # block_sums is the adjoint of expand

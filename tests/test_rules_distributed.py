@@ -88,7 +88,7 @@ layer_shape = [24, 24]
 n_layers = 2
 distance_m = 6e-3
 [input]
-size_m = [6.4e-3, 6.4e-3]
+size_yx_m = [6.4e-3, 6.4e-3]
 [detectors]
 size_m = 1.2e-3
 spacing_m = 2.4e-3

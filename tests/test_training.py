@@ -65,7 +65,7 @@ def _tiny_config(**trainer):
     doc = {
         "name": "tiny",
         "geometry": {"layer_shape": [32, 32], "n_layers": 2, "distance_m": 8e-3, "pitch_m": 0.4e-3},
-        "input": {"size_m": [9.6e-3, 9.6e-3]},
+        "input": {"size_yx_m": [9.6e-3, 9.6e-3]},
         "detectors": {"size_m": 1.6e-3, "spacing_m": 3.2e-3},
         "data": {"dataset": "digits"},
         "trainer": {"epochs": 3, "batch_size": 16, "learning_rate": 0.1, "checkpoint_every": 10, "workers": 1,
@@ -168,7 +168,7 @@ def test_init_from_starts_at_a_saved_design_and_refuses_other_geometry(tmp_path,
     saved = np.load(tmp_path / "stage1" / "phases.npz")["phases"]
     cfg_file = tmp_path / "ft.toml"   # init_from is relative to the config file
     cfg_file.write_text('[geometry]\nlayer_shape = [32, 32]\nn_layers = 2\ndistance_m = 8e-3\n'
-                        '[input]\nsize_m = [9.6e-3, 9.6e-3]\n[detectors]\nsize_m = 1.6e-3\nspacing_m = 3.2e-3\n'
+                        '[input]\nsize_yx_m = [9.6e-3, 9.6e-3]\n[detectors]\nsize_m = 1.6e-3\nspacing_m = 3.2e-3\n'
                         '[model]\ninit_from = "stage1"\n[trainer]\nepochs = 1\nbatch_size = 16\nworkers = 1\n'
                         'learning_rate = 0.02\n')
     cfg = load_config(cfg_file)
@@ -214,7 +214,7 @@ layer_shape = [32, 32]
 n_layers = 2
 distance_m = 8e-3
 [input]
-size_m = [9.6e-3, 9.6e-3]
+size_yx_m = [9.6e-3, 9.6e-3]
 [detectors]
 size_m = 1.6e-3
 spacing_m = 3.2e-3

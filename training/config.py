@@ -5,8 +5,8 @@ value raises :class:`ConfigError` naming the file, the table and the key. The ta
 their defaults are the dataclasses below; docs/training.md lists them.
 
 Rules other than backprop add their own sub-table under ``[trainer]`` (e.g.
-``[trainer.es]``); :data:`RULE_OPTIONS` maps a rule name to the dataclass that validates
-it, and is extended by :mod:`training.rules`.
+``[trainer.es]``); :data:`RULE_OPTIONS` (the registry :data:`training.rules.options.RULES`)
+maps a rule name to the dataclass that validates it.
 """
 from __future__ import annotations
 
@@ -17,18 +17,26 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diffractive.errors import D2NNError, FieldError
+from diffractive.materials import LIN2018, Material
 
-class ConfigError(ValueError):
+from .datasets import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
+from .losses import LOSSES
+from .rules.options import RULES
+
+
+class ConfigError(D2NNError):
     """A configuration file is unreadable or holds a bad key or value."""
 
 
+# Defaults: the Lin et al. 2018 experiment, from its one home in the physics core.
 @dataclass
 class GeometryConfig:
-    wavelength_m: float = 0.75e-3
-    pitch_m: float = 0.4e-3
-    layer_shape: list = field(default_factory=lambda: [200, 200])
-    n_layers: int = 5
-    distance_m: float = 30e-3                 # every gap, unless distances_m is given
+    wavelength_m: float = LIN2018.wavelength_m
+    pitch_m: float = LIN2018.pitch_m
+    layer_shape: list = field(default_factory=lambda: list(LIN2018.layer_shape))  # [ny, nx]
+    n_layers: int = LIN2018.n_layers
+    distance_m: float = LIN2018.spacing_m     # every gap, unless distances_m is given
     distances_m: typing.Optional[list] = None  # n_layers + 1 gaps, input -> ... -> output
     window_shape: typing.Optional[list] = None  # default: 2x, fast FFT size
 
@@ -36,7 +44,7 @@ class GeometryConfig:
 @dataclass
 class InputConfig:
     encoding: str = "amplitude"
-    size_m: typing.Optional[list] = None      # default: half the layer
+    size_yx_m: typing.Optional[list] = None   # [h, w]; default: half the layer
     phase_scale: float = math.pi
 
 
@@ -56,15 +64,15 @@ class ModelConfig:
 
 @dataclass
 class MaterialConfig:
-    name: str = "VeroBlackPlus RGD875"
-    n: float = 1.7227
-    kappa: float = 0.031
+    name: str = LIN2018.material.name
+    n: float = LIN2018.material.n
+    kappa: float = LIN2018.material.kappa
 
 
 @dataclass
 class FabricationConfig:
-    base_m: float = 0.5e-3
-    z_step_m: float = 16e-6
+    base_m: float = LIN2018.fabrication.base_m
+    z_step_m: float = LIN2018.fabrication.z_step_m
 
 
 @dataclass
@@ -72,8 +80,8 @@ class DataConfig:
     dataset: str = "digits"
     train_limit: typing.Optional[int] = None
     val_limit: typing.Optional[int] = None
-    val_fraction: float = 0.1
-    split_seed: int = 0
+    val_fraction: float = DEFAULT_VAL_FRACTION  # the split's defaults live with the splits (training.datasets)
+    split_seed: int = DEFAULT_SPLIT_SEED
     shuffle_labels: bool = False              # a control: accuracy must stay at chance
 
 
@@ -86,7 +94,7 @@ class TrainerConfig:
     schedule: str = "cosine"                  # "cosine", "step", "constant"
     step_every: int = 5                       # epochs, for schedule = "step"
     step_gamma: float = 0.5
-    loss: str = "cross_entropy"               # or "mse" (Lin 2018: detector powers vs one-hot)
+    loss: str = "cross_entropy"               # or "mse": detector shares vs one-hot (training/losses.py)
     temperature: float = 0.1
     seed: int = 0
     checkpoint_every: int = 200               # optimisation steps between mid-epoch checkpoints
@@ -127,15 +135,15 @@ CHOICES = {
     ("model", "modulation"): ("phase", "complex"),
     ("model", "init"): ("uniform", "zeros"),
     ("trainer", "schedule"): ("cosine", "step", "constant"),
-    ("trainer", "loss"): ("cross_entropy", "mse"),
+    ("trainer", "loss"): LOSSES,
     ("data", "dataset"): ("fashion-mnist", "mnist", "digits"),
 }
 POSITIVE = {"wavelength_m", "pitch_m", "distance_m", "n_layers", "phase_scale", "epochs", "batch_size",
             "learning_rate", "temperature", "checkpoint_every", "max_loss", "step_every", "step_gamma",
             "val_fraction", "z_step_m", "size_m", "spacing_m", "train_limit", "val_limit", "workers"}
 
-# rule name -> dataclass of its options ([trainer.<rule>]); training.rules adds entries.
-RULE_OPTIONS: dict[str, type] = {"backprop": type("BackpropOptions", (), {})}
+# rule name -> class of its options ([trainer.<rule>]): the one registry, training/rules/options.py
+RULE_OPTIONS: dict[str, type] = RULES
 
 
 _TYPE_WORDS = {int: "an integer", bool: "true or false", str: "a string", list: "a list", dict: "a table"}
@@ -225,10 +233,10 @@ def parse_config(doc: dict, source: str = "<config>") -> Config:
         raise ConfigError(f"{source} [geometry]: 'distances_m' must hold n_layers + 1 = {g.n_layers + 1} values")
     if not (0 < cfg.data.val_fraction < 1):
         raise ConfigError(f"{source} [data]: 'val_fraction' must lie between 0 and 1, got {cfg.data.val_fraction}")
-    if cfg.material.n <= 1:
-        raise ConfigError(f"{source} [material]: 'n' must be greater than 1, got {cfg.material.n}")
-    if cfg.material.kappa < 0:
-        raise ConfigError(f"{source} [material]: 'kappa' must be non-negative, got {cfg.material.kappa}")
+    try:  # the material's rules (n > 1, kappa >= 0) are the core's, checked once there
+        Material(cfg.material.name, cfg.material.n, cfg.material.kappa)
+    except FieldError as e:
+        raise ConfigError(f"{source} [material]: '{e.field}' {e.problem}") from None
     return cfg
 
 
@@ -242,9 +250,3 @@ def load_config(path) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
     return parse_config(doc, source=str(path))
-
-
-# the alternative rules' option tables (torch-free; training/rules/options.py)
-from .rules.options import RULES as _RULE_TABLES  # noqa: E402
-
-RULE_OPTIONS.update(_RULE_TABLES)

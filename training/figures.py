@@ -25,8 +25,8 @@ def phase_maps(design, path: Path):
     plt = _plt()
     L = design.n_layers
     fig, axes = plt.subplots(1, L, figsize=(3 * L, 3.2), squeeze=False)
-    ext = [v * 1e3 for v in (-design.grid.extent_m[1] / 2, design.grid.extent_m[1] / 2,
-                             design.grid.extent_m[0] / 2, -design.grid.extent_m[0] / 2)]
+    ext = [v * 1e3 for v in (-design.grid.extent_yx_m[1] / 2, design.grid.extent_yx_m[1] / 2,
+                             design.grid.extent_yx_m[0] / 2, -design.grid.extent_yx_m[0] / 2)]
     for l, ax in enumerate(axes[0]):
         im = ax.imshow(np.mod(design.phases[l], 2 * np.pi), cmap="twilight", vmin=0, vmax=2 * np.pi, extent=ext)
         ax.set_title(f"layer {l + 1}")
@@ -41,7 +41,7 @@ def draw_detectors(ax, detectors, color="w"):
     from matplotlib.patches import Rectangle  # noqa: PLC0415
 
     for d in detectors:
-        (cx, cy), (w, h) = d.center_m, d.size_m
+        (cx, cy), (w, h) = d.center_xy_m, d.size_xy_m
         ax.add_patch(Rectangle(((cx - w / 2) * 1e3, (cy - h / 2) * 1e3), w * 1e3, h * 1e3, fill=False,
                                ec=color if d.sign > 0 else "r", lw=0.8))
         ax.text(cx * 1e3, (cy - h / 2) * 1e3, str(d.class_index), color=color, fontsize=6, ha="center", va="bottom")
@@ -54,8 +54,8 @@ def class_outputs(design, mean_intensity, path: Path, class_names=None):
     cols = min(5, C)
     rows = (C + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)
-    ext = [v * 1e3 for v in (-design.grid.extent_m[1] / 2, design.grid.extent_m[1] / 2,
-                             design.grid.extent_m[0] / 2, -design.grid.extent_m[0] / 2)]
+    ext = [v * 1e3 for v in (-design.grid.extent_yx_m[1] / 2, design.grid.extent_yx_m[1] / 2,
+                             design.grid.extent_yx_m[0] / 2, -design.grid.extent_yx_m[0] / 2)]
     for c in range(rows * cols):
         ax = axes[c // cols][c % cols]
         ax.axis("off")

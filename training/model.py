@@ -15,11 +15,14 @@ import torch
 
 from diffractive.backend import get_array_module
 from diffractive.design import Design, DesignError, load_design, make_design
+from diffractive.errors import D2NNError
+from diffractive.materials import Fabrication, Material
 from diffractive.detectors import detector_masks, score_matrix
 from diffractive.simulate import input_fields
 
 from .config import ConfigError
 from .bridge import from_xp, stack_intensity, to_xp
+from .losses import LOSSES, mse_loss
 
 
 def design_from_config(cfg, phases=None) -> Design:
@@ -40,26 +43,21 @@ def design_from_config(cfg, phases=None) -> Design:
         phases = start.phases
     elif phases is None and cfg.model.init == "zeros":
         phases = np.zeros((g.n_layers,) + tuple(g.layer_shape), dtype=np.float32)
-    kwargs = {}
-    if g.distances_m is not None:
-        kwargs = {"input_distance_m": g.distances_m[0], "output_distance_m": g.distances_m[-1]}
     design = make_design(
         wavelength_m=g.wavelength_m, pitch_m=g.pitch_m, layer_shape=tuple(g.layer_shape), n_layers=g.n_layers,
-        spacing_m=g.distance_m, window_shape=None if g.window_shape is None else tuple(g.window_shape),
-        encoding=inp.encoding, input_size_m=inp.size_m, detectors=det.layout, detector_size_m=det.size_m,
-        detector_spacing_m=det.spacing_m, n_classes=n_classes,
-        material={"name": cfg.material.name, "n": cfg.material.n, "kappa": cfg.material.kappa},
-        fabrication={"base_m": cfg.fabrication.base_m, "z_step_m": cfg.fabrication.z_step_m},
-        phases=phases, seed=cfg.trainer.seed, **kwargs)
-    if g.distances_m is not None:
-        design.distances_m = [float(d) for d in g.distances_m]
-    if inp.encoding == "phase":
-        design.input["phase_scale"] = float(inp.phase_scale)
+        spacing_m=g.distance_m, distances_m=g.distances_m,
+        window_shape=None if g.window_shape is None else tuple(g.window_shape),
+        encoding=inp.encoding, input_size_yx_m=inp.size_yx_m, phase_scale=inp.phase_scale, detectors=det.layout,
+        detector_size_m=det.size_m, detector_spacing_m=det.spacing_m, n_classes=n_classes,
+        material=Material(cfg.material.name, cfg.material.n, cfg.material.kappa),
+        fabrication=Fabrication(cfg.fabrication.base_m, cfg.fabrication.z_step_m),
+        phases=phases, seed=cfg.trainer.seed)
     if start is not None:
         _check_same_geometry(design, start, f"{cfg.source} [model] init_from = {cfg.model.init_from!r}")
-        design.amplitudes = start.amplitudes if cfg.model.modulation == "complex" else None
-        design.provenance["init_from"] = {"path": cfg.model.init_from, "provenance": start.provenance,
-                                          "metrics": start.metrics}
+        design = dataclasses.replace(
+            design, amplitudes=start.amplitudes if cfg.model.modulation == "complex" else None,
+            provenance={**design.provenance, "init_from": {"path": cfg.model.init_from,
+                                                           "provenance": start.provenance, "metrics": start.metrics}})
     return design
 
 
@@ -95,7 +93,7 @@ class D2NN(torch.nn.Module):
             amp = np.clip(amp, 1e-4, 1 - 1e-4)
             self.amp_logit = torch.nn.Parameter(torch.tensor(np.log(amp / (1 - amp)), dtype=torch.float32))
         elif modulation != "phase":
-            raise ValueError(f"modulation must be 'phase' or 'complex', got {modulation!r}")
+            raise D2NNError(f"modulation must be 'phase' or 'complex', got {modulation!r}")
         masks = detector_masks(design.detectors, design.grid).reshape(len(design.detectors), -1)
         self.register_buffer("masks", torch.tensor(masks, dtype=torch.float32))
         self.register_buffer("score_matrix", torch.tensor(score_matrix(design.detectors, design.n_classes),
@@ -133,21 +131,19 @@ class D2NN(torch.nn.Module):
 
 
 def detector_loss(powers, intensity, labels, score_matrix, kind="cross_entropy", temperature=0.1):
-    """Loss on detector powers (B, K) for integer ``labels`` (B,).
+    """``(loss, logits)`` of detector powers (B, K) for integer ``labels`` (B,), differentiable.
 
-    ``cross_entropy``: softmax cross-entropy on ``scores / (temperature * sum(powers))``,
-    i.e. on class scores normalised by the power reaching the detectors (scale-free, so
-    the input's brightness does not change the loss). ``mse`` (Lin et al. 2018): mean
-    squared error between each detector's share of the output-plane power and a one-hot
-    target (1 on the true class's positive detectors).
+    The losses are those of :mod:`training.losses` (both see the detector powers only):
+    ``cross_entropy`` on ``scores / (temperature * sum(powers))``, i.e. on class scores
+    normalised by the power reaching the detectors (scale-free, so the input's brightness does
+    not change the loss); ``mse`` (:func:`training.losses.mse_loss`) on each detector's share
+    of the power on the detectors against a one-hot target. ``intensity`` (B, ny, nx) is not
+    used by either; it stays in the signature for the callers that pass it.
     """
-    total_det = powers.sum(dim=1, keepdim=True).clamp_min(1e-20)
     if kind == "cross_entropy":
+        total_det = powers.sum(dim=1, keepdim=True).clamp_min(1e-20)
         logits = (powers @ score_matrix) / (temperature * total_det)
         return torch.nn.functional.cross_entropy(logits, labels), logits
     if kind == "mse":
-        total = intensity.reshape(intensity.shape[0], -1).sum(dim=1, keepdim=True).clamp_min(1e-20)
-        share = powers / total
-        target = (score_matrix[:, labels].T > 0).to(share.dtype)
-        return torch.mean((share - target) ** 2), powers @ score_matrix
-    raise ValueError(f"unknown loss {kind!r}")
+        return mse_loss(powers, labels, score_matrix), powers @ score_matrix
+    raise D2NNError(f"unknown loss {kind!r}; losses: {', '.join(LOSSES)}")

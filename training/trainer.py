@@ -16,7 +16,6 @@ import csv
 import datetime
 import io
 import math
-import os
 import platform
 import sys
 import time
@@ -26,25 +25,21 @@ import numpy as np
 import torch
 
 import diffractive
-from diffractive._io import atomic_write_bytes
+from diffractive._io import atomic_write, atomic_write_bytes
 from diffractive.design import save_design, write_json_atomic
+from diffractive.errors import D2NNError, OutputExists
+from diffractive.measured.stats import confusion_matrix
 
 from . import figures
 from .config import Config
+from .datasets import check_classes, split_provenance
 from .model import D2NN, design_from_config, detector_loss
+from .rules.common import lr_factor
+from .rules.distributed import is_writer
 
 
-class TrainingError(RuntimeError):
+class TrainingError(D2NNError, RuntimeError):
     """Training cannot go on (diverged, bad state); the message says why."""
-
-
-def _atomic_torch_save(obj, path: Path):
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class BackpropRule:
@@ -57,14 +52,8 @@ class BackpropRule:
         self.cfg = cfg
         t = cfg.trainer
         self.optimizer = torch.optim.Adam(model.parameters(), lr=t.learning_rate)
-        total = max(1, t.epochs * steps_per_epoch)
-        if t.schedule == "cosine":
-            fn = lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))  # noqa: E731
-        elif t.schedule == "step":
-            fn = lambda s: t.step_gamma ** (s // (t.step_every * steps_per_epoch))  # noqa: E731
-        else:
-            fn = lambda s: 1.0  # noqa: E731
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, fn)
+        # the one schedule every rule follows (training.rules.common.lr_factor)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(t, steps_per_epoch))
         self.evaluations = 0  # single-image forward simulations so far (rules that subclass count theirs)
 
     def loss(self, images, labels):
@@ -107,12 +96,6 @@ def check_finite(loss, max_loss):
     if not math.isfinite(value) or value > max_loss:
         raise TrainingError(f"the loss became {value!r} (limit trainer.max_loss = {max_loss:g}); the run stops "
                             "and the last good checkpoint is kept; lower trainer.learning_rate")
-
-
-def _is_writer():
-    """False on ranks other than 0 of a torch.distributed job: only rank 0 writes files and logs."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def check_parameters(model):
@@ -181,10 +164,9 @@ class Trainer:
         self.stop_after_steps = stop_after_steps
         last = self.ckpt_dir / "last.pt"
         if resume and not last.exists():
-            raise TrainingError(f"--resume: no checkpoint at {last}")
+            raise TrainingError(f"resume=True: no checkpoint at {last}")
         if not resume and self.out.exists() and any(self.out.iterdir()) and not force:
-            raise FileExistsError(f"{self.out} is not empty; use --resume to continue the run there or --force "
-                                  "to start over")
+            raise OutputExists(self.out, "is not empty", {"resume": "continue the run there", "force": "start over"})
         d = cfg.data
         if data is None:
             from .datasets import dataset_info, load_split  # noqa: PLC0415
@@ -203,6 +185,8 @@ class Trainer:
         self.test_x, self.test_y = np.asarray(te[0], np.float32), np.asarray(te[1], np.int64)
         torch.manual_seed(cfg.trainer.seed)
         self.design0 = design_from_config(cfg)
+        for name, labels in (("train", self.train_y), ("val", self.val_y), ("test", self.test_y)):
+            check_classes(labels, self.design0.n_classes, f"the {name} split of {d.dataset}")
         self.model = D2NN(self.design0, cfg.model.modulation, workers=cfg.trainer.workers).to(self.device)
         bs = cfg.trainer.batch_size
         self.steps_per_epoch = max(1, len(self.train_x) // bs)
@@ -215,11 +199,14 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------
     def _checkpoint(self, name="last.pt"):
-        if not _is_writer():
+        if not is_writer():
             return
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_torch_save({"model": self.model.state_dict(), "rule": self.rule.state_dict(), "state": self.state,
-                            "config": self.cfg.to_dict()}, self.ckpt_dir / name)
+        checkpoint = {"model": self.model.state_dict(), "rule": self.rule.state_dict(), "state": self.state,
+                      "config": self.cfg.to_dict()}
+        # temporary file, fsync, rename; removed again if the write fails (a SIGKILL leaves at
+        # most a stray temporary beside the last complete checkpoint, never a torn one)
+        atomic_write(self.ckpt_dir / name, lambda f: torch.save(checkpoint, f))
 
     def _load(self, path):
         ck = torch.load(path, map_location=self.device, weights_only=False)
@@ -269,7 +256,7 @@ class Trainer:
     def run(self):
         cfg, st = self.cfg, self.state
         bs, epochs = cfg.trainer.batch_size, cfg.trainer.epochs
-        if not _is_writer():  # other ranks of a torchrun job (training.rules.distributed) stay quiet
+        if not is_writer():  # other ranks of a torchrun job (training.rules.distributed) stay quiet
             self.log = lambda *a, **k: None
         n = len(self.train_x)
         if n < bs:
@@ -282,7 +269,7 @@ class Trainer:
             epoch = st["epoch"]
             order = np.random.default_rng([cfg.trainer.seed, epoch]).permutation(n)
             prog = _Progress(self.steps_per_epoch * bs, f"epoch {epoch + 1}/{epochs}", done=st["step_in_epoch"] * bs,
-                             **({} if _is_writer() else {"stream": io.StringIO()}))
+                             **({} if is_writer() else {"stream": io.StringIO()}))
             t_epoch = time.perf_counter()
             while st["step_in_epoch"] < self.steps_per_epoch:
                 s = st["step_in_epoch"]
@@ -327,32 +314,30 @@ class Trainer:
 
     def finish(self):
         """Load the best checkpoint (by validation accuracy), test it once, write the design folder."""
-        if not _is_writer():
+        if not is_writer():
             return None
         best = self.ckpt_dir / "best.pt"
         if best.exists():
             self.model.load_state_dict(torch.load(best, map_location=self.device, weights_only=False)["model"])
         test = self.evaluate(self.test_x, self.test_y, keep_mean_intensity=True)
-        C = self.model.design.n_classes
-        conf = np.zeros((C, C), dtype=int)
-        np.add.at(conf, (self.test_y, test["predictions"]), 1)
+        conf = confusion_matrix(self.test_y, test["predictions"], self.model.design.n_classes)
         st = self.state
         metrics = {"test_accuracy": test["accuracy"], "test_n": int(len(self.test_y)),
                    "best_val_accuracy": st["best_val_accuracy"], "best_epoch": st["best_epoch"],
                    "epochs": len(st["history"]), "train_seconds": st["train_seconds"],
                    "confusion": conf.tolist(), "history": st["history"]}
-        design = self.model.to_design()
-        design.provenance = {
+        provenance = {
             "config": self.cfg.to_dict(), "config_file": self.cfg.source, "dataset": self.dataset_info,
-            "seed": self.cfg.trainer.seed, "split_seed": self.cfg.data.split_seed,
-            "val_fraction": self.cfg.data.val_fraction, "code_version": diffractive.__version__,
+            "seed": self.cfg.trainer.seed, **split_provenance(self.cfg.data.split_seed, self.cfg.data.val_fraction),
+            "code_version": diffractive.__version__,
             "python": platform.python_version(), "torch": torch.__version__, "started": st["started"],
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "device": str(self.device), "rule": self.cfg.trainer.rule}
         if "init_from" in self.design0.provenance:
-            design.provenance["init_from"] = self.design0.provenance["init_from"]
-        design.metrics = {"test_accuracy": test["accuracy"], "test_n": int(len(self.test_y)),
-                          "best_val_accuracy": st["best_val_accuracy"], "best_epoch": st["best_epoch"]}
+            provenance["init_from"] = self.design0.provenance["init_from"]
+        design = self.model.to_design().with_record(
+            provenance=provenance, metrics={"test_accuracy": test["accuracy"], "test_n": int(len(self.test_y)),
+                                            "best_val_accuracy": st["best_val_accuracy"], "best_epoch": st["best_epoch"]})
         save_design(design, self.out, overwrite=True)
         write_json_atomic(self.out / "metrics.json", metrics)
         buf = io.StringIO()

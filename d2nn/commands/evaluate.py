@@ -58,28 +58,25 @@ def run(args) -> int:
 
     from diffractive.design import load_design  # noqa: PLC0415
     from diffractive.measured.evaluate import evaluate_measurement  # noqa: PLC0415
-    from diffractive.measured.io import MeasuredDataError, read_background, read_gains, read_measured  # noqa: PLC0415
+    from diffractive.measured.io import read_background, read_gains, read_measured  # noqa: PLC0415
     from diffractive.measured.report import check_report_dir, write_report  # noqa: PLC0415
 
     design = load_design(args.design)
     if args.report:
         check_report_dir(args.report, args.force)
     K, C = len(design.detectors), design.n_classes
-    try:
-        measured = read_measured(args.measured, K, C)
-        background = read_background(args.background, measured) if args.background else None
-        gains = read_gains(args.gains, K) if args.gains else None
-    except MeasuredDataError as e:
-        raise UserError(str(e)) from None
+    measured = read_measured(args.measured, K, C)
+    background = read_background(args.background, measured) if args.background else None
+    gains = read_gains(args.gains, K) if args.gains else None
 
     simulation, sim_info, pre_notes, pre_warnings = None, None, [], []
     dataset, origin = _dataset_name(args, design)
     if measured.inputs is not None and dataset:
         from diffractive.simulate import simulate  # noqa: PLC0415
-        from training.datasets import load_split  # noqa: PLC0415
+        from training.datasets import design_split  # noqa: PLC0415
 
         try:
-            images, ds_labels = load_split(dataset, args.split, seed=int(design.provenance.get("split_seed", 0)))
+            images, ds_labels = design_split(design, dataset, args.split)
         except ValueError as e:
             raise UserError(f"--dataset {dataset}: {e}") from None
         bad = measured.inputs >= len(images)
@@ -99,13 +96,16 @@ def run(args) -> int:
     elif args.dataset:
         pre_notes.append(f"--dataset {args.dataset} given, but {args.measured} names no inputs ('input' column / "
                          "'inputs' field): no comparison with the simulation")
-    try:
-        ev = evaluate_measurement(design, measured, design_name=str(args.design), background=background,
-                                  background_source=args.background, gains=gains, gains_source=args.gains,
-                                  simulation=simulation, sim_info=sim_info, register=args.register,
-                                  apply_fitted_gains=args.apply_fitted_gains)
-    except (MeasuredDataError, ValueError) as e:
-        raise UserError(str(e)) from None
+    # the conditions evaluate_measurement refuses, worded in this command's flags
+    if args.apply_fitted_gains and simulation is None:
+        raise UserError("--apply-fitted-gains needs the inputs (an 'input' column or 'inputs' field) and --dataset")
+    if args.register in ("offset", "full") and measured.kind == "scan" and simulation is None:
+        raise UserError(f"--register {args.register}: registering by '{args.register}' needs the simulated output of "
+                        "the measured inputs (an 'inputs' field in the scan file and --dataset)")
+    ev = evaluate_measurement(design, measured, design_name=str(args.design), background=background,
+                              background_source=args.background, gains=gains, gains_source=args.gains,
+                              simulation=simulation, sim_info=sim_info, register=args.register,
+                              apply_fitted_gains=args.apply_fitted_gains)
     ev.warnings[:0] = pre_warnings
     ev.notes[:0] = pre_notes
     files = None

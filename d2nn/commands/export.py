@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from . import UserError
+from .units import length_m
 
 
 def register(sub):
@@ -12,7 +13,8 @@ def register(sub):
         description="Turn a design's phase maps into printed heights (material index and absorption, printer z "
                     "step, base) and write layer_01.stl ... layer_NN.stl, holder.stl and manifest.json to --out. "
                     "STL coordinates are millimetres. Material and fabrication settings default to the design's "
-                    "(design.json 'material' and 'fabrication'). See docs/fabrication.md.")
+                    "(design.json 'material' and 'fabrication'). Lengths take a unit (16um, 0.6mm, 1e-3m); "
+                    "see docs/fabrication.md.")
     p.add_argument("design", help="design folder (holding design.json and phases.npz)")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write (must be new or empty)")
     m = p.add_argument_group("material (default: the design's)")
@@ -23,13 +25,13 @@ def register(sub):
     m.add_argument("--n", type=float, help="refractive index at the design wavelength (> 1)")
     m.add_argument("--kappa", type=float, help="extinction coefficient at the design wavelength (>= 0)")
     f = p.add_argument_group("printer (default: the design's 'fabrication' settings)")
-    f.add_argument("--z-step", type=float, metavar="M", help="printer layer thickness in metres, e.g. 16e-6")
-    f.add_argument("--base", type=float, metavar="M", help="base thickness under the relief in metres, e.g. 0.5e-3")
-    f.add_argument("--xy-resolution", type=float, metavar="M", default=None,
-                   help="printer x/y resolution in metres for the printability check (default 42e-6)")
+    f.add_argument("--z-step", type=length_m, metavar="LENGTH", help="printer layer thickness, e.g. 16um")
+    f.add_argument("--base", type=length_m, metavar="LENGTH", help="base thickness under the relief, e.g. 0.5mm")
+    f.add_argument("--xy-resolution", type=length_m, metavar="LENGTH", default=None,
+                   help="printer x/y resolution for the printability check (default 42um)")
     g = p.add_argument_group("plates")
-    g.add_argument("--margin", type=float, metavar="MM", default=5.0, help="frame width around the active area, mm "
-                                                                            "(default 5)")
+    g.add_argument("--margin", type=length_m, metavar="LENGTH", default="5mm",
+                   help="frame width around the active area (default 5mm)")
     g.add_argument("--verify", choices=["auto", "yes", "no"], default="auto",
                    help="check each layer mesh is closed and consistently wound before writing it "
                         "(auto: meshes up to 5 million faces)")
@@ -41,26 +43,23 @@ def register(sub):
 def run(args) -> int:
     from diffractive.design import load_design  # noqa: PLC0415
     from fabrication.export import export_design  # noqa: PLC0415
-    from fabrication.materials import FabricationError, resolve_material  # noqa: PLC0415
+    from fabrication.materials import resolve_material  # noqa: PLC0415
     from fabrication.plate import PlateSpec  # noqa: PLC0415
     from fabrication.validate import PrinterSpec  # noqa: PLC0415
 
     if args.material and args.material_file:
         raise UserError("give --material or --material-file, not both")
     design = load_design(args.design)
-    try:
-        material = resolve_material(design.material, name=args.material, n=args.n, kappa=args.kappa,
-                                    material_file=args.material_file)
-        if args.xy_resolution is not None and not args.xy_resolution > 0:
-            raise UserError(f"--xy-resolution must be positive, got {args.xy_resolution}")
-        printer = PrinterSpec() if args.xy_resolution is None else PrinterSpec(xy_resolution_m=args.xy_resolution)
-        say = None if args.quiet else (lambda msg: print(f"export: {msg}", file=sys.stderr, flush=True))
-        res = export_design(design, args.out, material=material, z_step_m=args.z_step, base_m=args.base,
-                            plate=PlateSpec(margin_mm=args.margin), printer=printer, force=args.force,
-                            verify={"auto": "auto", "yes": True, "no": False}[args.verify], progress=say,
-                            design_path=args.design)
-    except FabricationError as e:
-        raise UserError(str(e)) from None
+    material = resolve_material(design.material, name=args.material, n=args.n, kappa=args.kappa,
+                                material_file=args.material_file)
+    if args.xy_resolution is not None and not args.xy_resolution > 0:
+        raise UserError(f"--xy-resolution must be positive, got {args.xy_resolution:g} m")
+    printer = PrinterSpec() if args.xy_resolution is None else PrinterSpec(xy_resolution_m=args.xy_resolution)
+    say = None if args.quiet else (lambda msg: print(f"export: {msg}", file=sys.stderr, flush=True))
+    res = export_design(design, args.out, material=material, z_step_m=args.z_step, base_m=args.base,
+                        plate=PlateSpec(margin_mm=args.margin * 1e3), printer=printer, force=args.force,
+                        verify={"auto": "auto", "yes": True, "no": False}[args.verify], progress=say,
+                        design_path=args.design)
     man = res.manifest
     x0, x1, y0, y1 = man["plate"]["outer_mm"]
     print(f"{args.design} -> {res.out_dir}: {man['design']['n_layers']} layers + holder (millimetres)")

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 
 from . import UserError
+from .units import length_m_or_px, parse_angle, parse_length, to_metres
 
 HELP = "synthetic lab data (detector powers or scans) from the simulation, with imperfections"
 DESCRIPTION = """\
@@ -15,13 +18,14 @@ OUT.truth.json (its "gains" can be passed to 'd2nn evaluate --gains'), and with 
 measurement to OUT-dark.csv / OUT-dark.npz. Everything random comes from --seed."""
 
 EPILOG = """\
---misalign items (repeatable; lengths in metres or with mm, um, px = design pixels):
+--misalign items (repeatable; lengths with a unit: m, mm, um, or px = design pixels; a bare
+number is refused, except 0):
   detector=DX,DY   detector plane (scanner frame) displaced by (DX, DY); detector=S: random, std S
   layers=S         every layer displaced at random, each component ~ N(0, S); layers=DX,DY: all alike
   layerN=DX,DY     layer N (1 = nearest the input) displaced
-  rotation=A       detector plane / scan frame rotated by A degrees (or 0.01rad)
-  scale=F          true scan step = F * pitch_m recorded in the file
-example: --misalign detector=0.3mm,-0.1mm --misalign layers=50um"""
+  rotation=A       detector plane / scan frame rotated by A (with a unit: 0.5deg, 0.01rad)
+  scale=F          true scan step = F * pitch_m recorded in the file (a plain factor)
+example: --misalign detector=0.3mm,-0.1mm --misalign layers=50um --misalign rotation=0.2deg"""
 
 
 def register(sub):
@@ -46,14 +50,80 @@ def register(sub):
     p.add_argument("--layer-shift", choices=["linear", "nearest"], default="linear",
                    help="sub-pixel layer shifts: linear (bilinear interpolation of the complex transmission, "
                         "default) or nearest (whole-pixel rolls)")
-    p.add_argument("--scan-pitch", default=None, metavar="LENGTH",
-                   help="scan step (default: the design pitch); e.g. 0.5mm")
+    p.add_argument("--scan-pitch", type=length_m_or_px, default=None, metavar="LENGTH",
+                   help="scan step (default: the design pitch); e.g. 0.5mm or 1px")
     p.add_argument("--format", required=True, choices=["csv", "scan"], dest="fmt")
     p.add_argument("--out", required=True, metavar="FILE", help=".csv for --format csv, .npz for --format scan")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace existing output files")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     p.set_defaults(func=run)
+
+
+def parse_misalign(specs, n_layers: int, pitch_m: float, rng) -> dict:
+    """Parse ``--misalign`` items into the typed values of
+    :class:`diffractive.measured.synthetic.Imperfections`: ``detector_offset_m`` (dx, dy),
+    ``detector_rotation_rad``, ``scan_scale`` and ``layer_offsets_m`` (n_layers, 2).
+
+    Items (lengths as in :func:`d2nn.commands.units.parse_length`, with ``px`` = ``pitch_m``):
+    ``detector=DX,DY`` (or ``detector=S``: random, each component ~ N(0, S)),
+    ``layers=S`` (each layer random, components ~ N(0, S)) or ``layers=DX,DY`` (all layers),
+    ``layerN=DX,DY`` (layer N, counted from 1 at the input), ``rotation=ANGLE`` (detector
+    plane / scan frame, with a unit), ``scale=F`` (true scan step / recorded pitch_m).
+    Random offsets are drawn from ``rng`` in the order the items are given. Raises
+    :class:`UserError` naming the item.
+    """
+    import numpy as np  # noqa: PLC0415
+
+    out = {"detector_offset_m": (0.0, 0.0), "detector_rotation_rad": 0.0, "scan_scale": 1.0,
+           "layer_offsets_m": np.zeros((n_layers, 2))}
+
+    def pair_or_sigma(key, value):
+        parts = value.split(",")
+        if len(parts) == 1:
+            s = parse_length(parts[0], pitch_m)
+            if s < 0:
+                raise UserError(f"--misalign {key}={value}: a single value is a standard deviation and must be >= 0")
+            return None, s
+        if len(parts) != 2:
+            raise UserError(f"--misalign {key}={value}: give DX,DY or a single standard deviation")
+        return (parse_length(parts[0], pitch_m), parse_length(parts[1], pitch_m)), None
+
+    for spec in specs or []:
+        if "=" not in spec:
+            raise UserError(f"--misalign {spec!r}: expected KEY=VALUE (detector=, layers=, layerN=, rotation=, scale=)")
+        key, value = (s.strip() for s in spec.split("=", 1))
+        key = key.lower()
+        try:
+            if key == "detector":
+                pair, sigma = pair_or_sigma(key, value)
+                out["detector_offset_m"] = pair if pair else tuple(float(v) for v in rng.normal(0, sigma, 2))
+            elif key == "layers":
+                pair, sigma = pair_or_sigma(key, value)
+                out["layer_offsets_m"] = (np.tile(pair, (n_layers, 1)) if pair
+                                          else rng.normal(0, sigma, (n_layers, 2)))
+            elif re.fullmatch(r"layer\d+", key):
+                n = int(key[5:])
+                if not 1 <= n <= n_layers:
+                    raise UserError(f"--misalign {spec}: the design has layers 1 ... {n_layers}")
+                pair, sigma = pair_or_sigma(key, value)
+                out["layer_offsets_m"][n - 1] = pair if pair else rng.normal(0, sigma, 2)
+            elif key == "rotation":
+                out["detector_rotation_rad"] = parse_angle(value)
+            elif key == "scale":
+                try:
+                    s = float(value)
+                except ValueError:
+                    s = math.nan
+                if not (math.isfinite(s) and s > 0):
+                    raise UserError(f"--misalign scale={value}: must be a positive number")
+                out["scan_scale"] = s
+            else:
+                raise UserError(f"--misalign {spec!r}: unknown key {key!r} (detector, layers, layerN, rotation, scale)")
+        except UserError as e:
+            msg = str(e)
+            raise UserError(msg if msg.startswith("--misalign") else f"--misalign {spec}: {msg}") from None
+    return out
 
 
 def _outputs(out, fmt, dark):
@@ -75,9 +145,9 @@ def run(args) -> int:
     import numpy as np  # noqa: PLC0415
 
     from diffractive.design import load_design  # noqa: PLC0415
-    from diffractive.labsim import Imperfections, choose_samples, parse_length, parse_misalign, simulate_lab  # noqa: PLC0415
     from diffractive.measured.io import atomic_write_bytes, detector_csv_bytes, scan_npz_bytes  # noqa: PLC0415
-    from training.datasets import load_split  # noqa: PLC0415
+    from diffractive.measured.synthetic import Imperfections, choose_samples, simulate_lab  # noqa: PLC0415
+    from training.datasets import design_split  # noqa: PLC0415
 
     for name in ("noise", "detector_gain_spread", "dark"):
         v = getattr(args, name)
@@ -90,26 +160,21 @@ def run(args) -> int:
     paths = _outputs(args.out, args.fmt, args.dark > 0)
     for p in paths.values():
         if p.exists() and not args.force:
-            raise FileExistsError(f"{p} exists; pass --force to replace it")
+            raise UserError(f"{p} exists; pass --force to replace it")
         if not p.parent.is_dir():
             raise FileNotFoundError(f"{p.parent}: no such folder (for --out)")
     design = load_design(args.design)
     rng = np.random.default_rng([args.seed, 1])
-    try:
-        mis = parse_misalign(args.misalign, design.n_layers, design.pitch_m, rng)
-        scan_pitch = parse_length(args.scan_pitch, design.pitch_m) if args.scan_pitch else None
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    mis = parse_misalign(args.misalign, design.n_layers, design.pitch_m, rng)
+    scan_pitch = to_metres(args.scan_pitch, design.pitch_m) if args.scan_pitch is not None else None
     if scan_pitch is not None and scan_pitch <= 0:
-        raise UserError(f"--scan-pitch must be positive, got {args.scan_pitch}")
+        raise UserError(f"--scan-pitch must be positive, got {scan_pitch:g} m")
     if args.fmt == "csv" and (scan_pitch is not None or mis["scan_scale"] != 1):
         raise UserError("--scan-pitch and --misalign scale= apply to --format scan")
     try:
-        images, labels = load_split(args.dataset, args.split, seed=int(design.provenance.get("split_seed", 0)))
+        images, labels = design_split(design, args.dataset, args.split)
     except ValueError as e:
         raise UserError(f"--dataset {args.dataset}: {e}") from None
-    if int(labels.max()) >= design.n_classes:
-        raise UserError(f"{args.design} has {design.n_classes} classes but {args.dataset} has {int(labels.max()) + 1}")
     if args.samples > len(labels):
         raise UserError(f"--samples {args.samples}: {args.dataset}/{args.split} has only {len(labels)} images")
     idx = choose_samples(labels, args.samples, seed=args.seed)

@@ -29,19 +29,15 @@ def run(args) -> int:
 
     from diffractive.design import load_design  # noqa: PLC0415
     from diffractive.simulate import simulate  # noqa: PLC0415
-    from training.datasets import DatasetMissing, IdxFormatError, load_split  # noqa: PLC0415
+    from training.datasets import DatasetMissing, IdxFormatError, design_split  # noqa: PLC0415
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be a positive integer, got {args.limit}")
     design = load_design(args.design)
     try:
-        images, labels = load_split(args.dataset, args.split, limit=args.limit,
-                                    seed=int(design.provenance.get("split_seed", 0)),
-                                    val_fraction=float(design.provenance.get("val_fraction", 0.1)))
+        images, labels = design_split(design, args.dataset, args.split, limit=args.limit)
     except (DatasetMissing, IdxFormatError, ValueError) as e:
         raise UserError(str(e)) from None
-    if design.n_classes < int(labels.max()) + 1:
-        raise UserError(f"{args.design} has {design.n_classes} classes but {args.dataset} has {int(labels.max()) + 1}")
     transmissions = None
     if args.from_stl:
         from fabrication.roundtrip import transmissions_from_stl  # noqa: PLC0415

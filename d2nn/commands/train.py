@@ -22,24 +22,21 @@ def register(sub):
 def run(args) -> int:
     import torch  # noqa: PLC0415
 
-    from training.config import ConfigError, load_config  # noqa: PLC0415
-    from training.datasets import DatasetMissing, IdxFormatError  # noqa: PLC0415
-    from training.trainer import Trainer, TrainingError  # noqa: PLC0415
+    from training.config import load_config  # noqa: PLC0415
+    from training.trainer import Trainer  # noqa: PLC0415
 
-    try:
-        cfg = load_config(args.config)
-        if args.epochs is not None:
-            if args.epochs < 1:
-                raise UserError(f"--epochs must be positive, got {args.epochs}")
-            cfg.trainer.epochs = args.epochs
-        if args.device == "cuda":
-            from diffractive.backend import cupy_available  # noqa: PLC0415
+    # library errors (ConfigError, TrainingError, DatasetMissing, ...) are D2NNErrors: d2nn.cli prints them
+    cfg = load_config(args.config)
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise UserError(f"--epochs must be positive, got {args.epochs}")
+        cfg.trainer.epochs = args.epochs
+    if args.device == "cuda":
+        from diffractive.backend import cupy_available  # noqa: PLC0415
 
-            if not torch.cuda.is_available() or not cupy_available():
-                raise UserError("--device cuda needs CUDA torch and CuPy with a GPU (pip install 'd2nn[gpu]'); "
-                                "use --device cpu")
-        trainer = Trainer(cfg, args.out, resume=args.resume, force=args.force, device=args.device)
-        trainer.run()
-    except (ConfigError, TrainingError, DatasetMissing, IdxFormatError) as e:
-        raise UserError(str(e)) from None
+        if not torch.cuda.is_available() or not cupy_available():
+            raise UserError("--device cuda needs CUDA torch and CuPy with a GPU (pip install 'd2nn[gpu]'); "
+                            "use --device cpu")
+    trainer = Trainer(cfg, args.out, resume=args.resume, force=args.force, device=args.device)
+    trainer.run()
     return 0

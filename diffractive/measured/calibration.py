@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import D2NNError
+
 
 @dataclass
 class GainFit:
@@ -63,10 +65,10 @@ def fit_gains(measured, simulated, *, min_signal=1e-6) -> GainFit:
     m = np.asarray(measured, dtype=np.float64)
     s = np.asarray(simulated, dtype=np.float64)
     if m.shape != s.shape or m.ndim != 2:
-        raise ValueError(f"measured {m.shape} and simulated {s.shape} powers must both be (N, K)")
+        raise D2NNError(f"measured {m.shape} and simulated {s.shape} powers must both be (N, K)")
     n, k = m.shape
     if n < 2:
-        raise ValueError("fitting gains needs at least 2 samples")
+        raise D2NNError("fitting gains needs at least 2 samples")
     ss = (s * s).sum(axis=0)
     ok = ss > min_signal * ss.max() if ss.max() > 0 else np.zeros(k, bool)
     beta = np.full(k, np.nan)

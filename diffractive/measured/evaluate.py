@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._validate import one_of
 from ..detectors import class_scores
+from ..errors import D2NNError
 from .calibration import GainFit, apply_gains, fit_gains, subtract_background
 from .registration import (Registration, check_scan_geometry, integrate_scan, register_to_detectors,
                            register_to_simulation)
@@ -199,7 +201,7 @@ class Evaluation:
                     L.append(f"               {d['sample']}{inp}, label {d['label']}: measured {d['measured']}, "
                              f"simulated {d['simulated']}{corr}")
                 if len(dis) > max_disagreements:
-                    L.append(f"               ... {len(dis) - max_disagreements} more (see --json or --report)")
+                    L.append(f"               ... {len(dis) - max_disagreements} more (all listed in the JSON and the report)")
         for w in self.warnings:
             L.append(f"  warning      {w}")
         for note in self.notes:
@@ -273,13 +275,13 @@ def evaluate_measurement(design, measured, *, design_name: str = "design", backg
     ``apply_fitted_gains``: use the gains fitted against the simulation for the statistics.
     """
     if register not in REGISTER_MODES:
-        raise ValueError(f"register must be one of {REGISTER_MODES}, got {register!r}")
+        one_of("register", register, REGISTER_MODES)
     K, C = len(design.detectors), design.n_classes
     warnings, notes = [], []
     calibration = {"background": background_source, "gains_source": gains_source,
                    "gains_applied": None if gains is None else np.asarray(gains, dtype=np.float64)}
     if simulation is not None and len(simulation.predictions) != measured.n:
-        raise ValueError(f"the simulation has {len(simulation.predictions)} samples, the measurement {measured.n}")
+        raise D2NNError(f"simulation has {len(simulation.predictions)} samples, the measurement {measured.n}")
     if len(set(measured.sample_ids)) != measured.n:
         warnings.append("some sample ids appear more than once (each row is still counted)")
 
@@ -296,13 +298,13 @@ def evaluate_measurement(design, measured, *, design_name: str = "design", backg
         if mode == "auto":
             mode = "offset" if have_ref else "none"
             if not have_ref:
-                notes.append("scans not registered: no inputs to simulate (give 'inputs' and --dataset), so the "
-                             "detectors are integrated where the scan coordinates put them; --register detectors "
-                             "estimates the offset from the power on the detectors instead")
+                notes.append("scans not registered: no inputs to simulate (give 'inputs' and a dataset), so the "
+                             "detectors are integrated where the scan coordinates put them; registering by "
+                             "'detectors' estimates the offset from the power on the detectors instead")
         if mode in ("offset", "full"):
             if not have_ref:
-                raise ValueError(f"registering by '{mode}' needs the simulated output of the measured inputs "
-                                 "(an 'inputs' field in the scan file and --dataset)")
+                raise D2NNError(f"registering by '{mode}' needs the simulated output of the measured inputs "
+                                "(simulation= with intensity)")
             reg = register_to_simulation(scan, simulation.intensity, design.pitch_m, mode=mode)
             if reg.score < 0.5:
                 warnings.append(f"the scans match the simulated patterns poorly (correlation {reg.score:.2f} at the best "
@@ -323,7 +325,7 @@ def evaluate_measurement(design, measured, *, design_name: str = "design", backg
         if measured.total is not None:
             totals = measured.total
     if register not in ("auto", "none") and measured.kind != "scan":
-        notes.append(f"--register {register} ignored: registration applies to scans")
+        notes.append(f"registration '{register}' ignored: registration applies to scans")
 
     powers = apply_gains(raw, gains)
     gain_fit = None
@@ -341,7 +343,7 @@ def evaluate_measurement(design, measured, *, design_name: str = "design", backg
         else:
             notes.append("one sample only: gains not fitted")
     elif apply_fitted_gains:
-        raise ValueError("--apply-fitted-gains needs the inputs (an 'input' column or 'inputs' field) and --dataset")
+        raise D2NNError("apply_fitted_gains=True needs the simulated powers of the measured inputs (simulation=)")
 
     scores = class_scores(powers, design.detectors, C)
     pred = np.argmax(scores, axis=1)

@@ -35,9 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_write_bytes as _atomic_write_bytes
+from ..errors import D2NNError
 
 
-class MeasuredDataError(ValueError):
+class MeasuredDataError(D2NNError):
     """A measurement, background or gains file cannot be used; the message names the place."""
 
 

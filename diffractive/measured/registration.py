@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._validate import one_of
 from ..detectors import _coverage_1d
 from .io import MeasuredDataError
 
@@ -77,8 +78,8 @@ class Registration:
 # --------------------------------------------------------------------------- geometry checks
 def detector_span(detectors):
     """(xmin, xmax, ymin, ymax) of the detector rectangles, metres."""
-    xs = [d.center_m[0] + s * d.size_m[0] / 2 for d in detectors for s in (-1, 1)]
-    ys = [d.center_m[1] + s * d.size_m[1] / 2 for d in detectors for s in (-1, 1)]
+    xs = [d.center_xy_m[0] + s * d.size_xy_m[0] / 2 for d in detectors for s in (-1, 1)]
+    ys = [d.center_xy_m[1] + s * d.size_xy_m[1] / 2 for d in detectors for s in (-1, 1)]
     return min(xs), max(xs), min(ys), max(ys)
 
 
@@ -89,7 +90,7 @@ def check_scan_geometry(scan, detectors) -> None:
     cannot resolve them — typically ``pitch_m`` was given in mm), and the scanned area
     (at its ``origin_m``, or centred) must cover every detector at its nominal position.
     """
-    smallest = min(min(d.size_m) for d in detectors)
+    smallest = min(min(d.size_xy_m) for d in detectors)
     H, W = scan.shape
     p = scan.pitch_m
     src = scan.source
@@ -118,7 +119,7 @@ def scan_detector_masks(shape, pitch_m, origin_m, detectors, reg: Registration, 
     ys = origin_m[1] + np.arange(H) * pitch_m
     masks = np.zeros((len(detectors), H, W))
     for k, d in enumerate(detectors):
-        (cx, cy), (w, h) = d.center_m, d.size_m
+        (cx, cy), (w, h) = d.center_xy_m, d.size_xy_m
         if reg.rotation_rad == 0.0:
             sx, sy = (cx - reg.offset_m[0]) / reg.scale, (cy - reg.offset_m[1]) / reg.scale
             hw, hh = w / 2 / reg.scale, h / 2 / reg.scale
@@ -154,7 +155,7 @@ def integrate_scan(scan, detectors, reg: Registration, design_pitch_m: float):
     inten = scan.intensity
     powers = np.einsum("nhw,khw->nk", inten, masks, optimize=True) * factor
     totals = inten.sum(axis=(1, 2)) * factor
-    areas = np.array([d.size_m[0] * d.size_m[1] for d in detectors])
+    areas = np.array([d.size_xy_m[0] * d.size_xy_m[1] for d in detectors])
     covered = masks.sum(axis=(1, 2)) * (reg.scale * scan.pitch_m) ** 2 / areas
     return powers, totals, covered
 
@@ -262,8 +263,7 @@ def register_to_simulation(scan, sim_intensity, design_pitch_m: float, *, mode: 
     """
     from scipy.optimize import minimize  # noqa: PLC0415
 
-    if mode not in ("offset", "full"):
-        raise ValueError(f"mode must be 'offset' or 'full', got {mode!r}")
+    one_of("mode", mode, ("offset", "full"))
     sel = _pick(scan.n, max_samples)
     ref = _Reference(np.asarray(sim_intensity)[sel], design_pitch_m)
     meas = _centred_unit(scan.intensity[sel])
@@ -316,7 +316,7 @@ def register_to_detectors(scan, detectors, design_pitch_m: float, *, max_offset_
 
     p = scan.pitch_m
     if max_offset_m is None:
-        cs = np.array([d.center_m for d in detectors])
+        cs = np.array([d.center_xy_m for d in detectors])
         dists = np.hypot(*(cs[:, None, :] - cs[None, :, :]).transpose(2, 0, 1))
         dists = dists[dists > 0]
         max_offset_m = 0.5 * float(dists.min()) if dists.size else 5 * p

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import OutputExists
+
 
 def _figure(w, h):
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
@@ -147,7 +149,7 @@ def scan_figure(ev, scan, detectors, path, max_panels=10):
         ax = fig.add_subplot(rows, cols, a + 1)
         ax.imshow(scan.intensity[i], extent=ext, cmap="inferno")
         for k, d in enumerate(detectors):
-            (cx, cy), (w, h) = d.center_m, d.size_m
+            (cx, cy), (w, h) = d.center_xy_m, d.size_xy_m
             corners = [reg.to_scan(cx + sx * w / 2, cy + sy * h / 2) for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
             color = "lime" if d.class_index == ev.labels[i] else ("cyan" if d.class_index == ev.predictions[i] else "w")
             ax.add_patch(Polygon(np.array(corners) * 1e3, closed=True, fill=False, ec=color,
@@ -231,11 +233,11 @@ def check_report_dir(path, force=False) -> Path:
     path = Path(path)
     if path.exists():
         if not path.is_dir():
-            raise FileExistsError(f"{path} exists and is not a folder")
+            raise OutputExists(path, "exists and is not a folder", {})
         if any(path.iterdir()) and not force:
-            raise FileExistsError(f"{path} exists and is not empty; pass --force to replace it")
+            raise OutputExists(path, "exists and is not empty", {"force": "replace it"})
     if not path.parent.exists():
-        raise FileNotFoundError(f"{path.parent}: no such folder (for --report {path})")
+        raise FileNotFoundError(f"{path.parent}: no such folder (for the report folder {path})")
     return path
 
 

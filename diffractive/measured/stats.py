@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from ..errors import D2NNError
+
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
 
 
@@ -23,7 +25,7 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     if n <= 0:
         return 0.0, 1.0
     if successes < 0 or successes > n:
-        raise ValueError(f"successes must lie in 0 ... n={n}, got {successes}")
+        raise D2NNError(f"successes must lie in 0 ... n={n}, got {successes}")
     p = successes / n
     z2 = z * z
     denom = 1 + z2 / n

@@ -22,15 +22,9 @@ imports them); the rule modules do.
 """
 from __future__ import annotations
 
-from .options import RULES
+from diffractive.errors import D2NNError
 
-_MODULES = {"es": "es", "spsa": "spsa", "ga": "ga", "dfa": "dfa", "hsic": "hsic", "pat": "pat"}
-
-
-def _register():
-    from ..config import RULE_OPTIONS  # noqa: PLC0415
-
-    RULE_OPTIONS.update(RULES)
+from .options import RULES   # the one registry of rule names (training.config validates against it)
 
 
 def make_rule(model, cfg, steps_per_epoch):
@@ -38,10 +32,8 @@ def make_rule(model, cfg, steps_per_epoch):
     import importlib  # noqa: PLC0415
 
     name = cfg.trainer.rule
-    if name not in _MODULES:
-        raise ValueError(f"unknown learning rule {name!r}; rules: backprop, {', '.join(_MODULES)}")
-    module = importlib.import_module(f"{__name__}.{_MODULES[name]}")
+    if name not in RULES or name == "backprop":
+        raise D2NNError(f"unknown learning rule {name!r}; rules: {', '.join(RULES)}")
+    module = importlib.import_module(f"{__name__}.{name}")   # rule <name> lives in training/rules/<name>.py
     return module.make(model, cfg, steps_per_epoch)
 
-
-_register()

@@ -18,8 +18,11 @@ import numpy as np
 
 from diffractive.backend import get_array_module
 from diffractive.detectors import detector_masks
+from diffractive.errors import D2NNError
 from diffractive.simulate import input_fields
 from diffractive.stack import forward
+
+from ..losses import LOSSES, mse_loss
 
 
 class SimulatedMeasure:
@@ -100,19 +103,19 @@ def load_measure(spec: str, design, cfg):
     try:
         factory = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"measure = {spec!r}: cannot import {name!r} from {module!r} ({e})") from None
+        raise D2NNError(f"measure = {spec!r}: cannot import {name!r} from {module!r} ({e})") from None
     fn = factory(design, cfg)
     if not callable(fn):
-        raise ValueError(f"measure = {spec!r}: {name}(design, cfg) returned {type(fn).__name__}, not a callable")
+        raise D2NNError(f"measure = {spec!r}: {name}(design, cfg) returned {type(fn).__name__}, not a callable")
     return fn
 
 
 def loss_and_logits(powers, labels, score_matrix, kind="cross_entropy", temperature=0.1):
     """Mean loss and class logits (B, C) from detector powers (B, K), in float64.
 
-    ``cross_entropy`` is exactly the trainer's loss (scores normalised by the power on the
-    detectors). ``mse`` uses each detector's share of the power *on the detectors* (a lab
-    measures nothing else), not of the whole output plane as the backprop trainer does.
+    The trainer's losses (:mod:`training.losses`), in NumPy: ``cross_entropy`` on the scores
+    normalised by the power on the detectors, ``mse`` by :func:`training.losses.mse_loss`,
+    the very function the backprop trainer calls on its tensors.
     """
     p = np.asarray(powers, dtype=np.float64)
     S = np.asarray(score_matrix, dtype=np.float64)
@@ -125,10 +128,8 @@ def loss_and_logits(powers, labels, score_matrix, kind="cross_entropy", temperat
         lse = m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))
         return float(np.mean(lse - logits[np.arange(len(labels)), labels])), logits
     if kind == "mse":
-        share = p / total
-        target = (S[:, labels].T > 0).astype(np.float64)
-        return float(np.mean((share - target) ** 2)), scores
-    raise ValueError(f"unknown loss {kind!r}")
+        return float(mse_loss(p, labels, S)), scores
+    raise D2NNError(f"unknown loss {kind!r}; losses: {', '.join(LOSSES)}")
 
 
 class Superpixels:

@@ -49,7 +49,7 @@ class DFARule(BackpropRule):
     def __init__(self, model, cfg, steps_per_epoch):
         super().__init__(model, cfg, steps_per_epoch)
         if model.phase.device.type != "cpu":
-            raise TrainingError("rule 'dfa' runs on the CPU (its layer-local algebra is NumPy); use --device cpu")
+            raise TrainingError("rule 'dfa' runs on the CPU (its layer-local algebra is NumPy); train with device='cpu'")
         o = cfg.trainer.options
         self.B = random_feedback(model.phase.shape[0], model.masks.shape[0], model.phase.shape[1:],
                                  o.feedback_seed, o.feedback_scale)

@@ -16,6 +16,8 @@ losses travel (:mod:`training.rules.distributed`).
 """
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
+
 import numpy as np
 import torch
 
@@ -23,21 +25,42 @@ from .common import Adam, centered_ranks, gaussian
 from .zeroth_order import MeasuringRule
 
 
-def es_gradient(loss_fn, theta, sigma, pairs, key, shaping="centered_rank", comm=None):
-    """Antithetic ES estimate of the gradient of ``loss_fn`` at ``theta``.
+class ESEstimate(NamedTuple):
+    """What :func:`es_gradient` returns (``[0]`` is the gradient)."""
+
+    gradient: np.ndarray             # float32, theta's shape
+    losses: np.ndarray               # (pairs, 2) float64: the losses of theta + and - sigma * eps_i
+    centre: Optional[np.ndarray]     # the ``centre_size`` values of ``centre(theta)``, or None
+
+
+def es_gradient(loss_fn, theta, sigma, pairs, key, shaping="centered_rank", comm=None, centre=None,
+                centre_size=0) -> ESEstimate:
+    """Antithetic ES estimate of the gradient of ``loss_fn`` at ``theta``: the estimator of
+    :class:`ESRule` (its ``step`` calls this).
 
     ``loss_fn(theta) -> float``; ``key`` (tuple of ints) seeds the perturbations
-    (``eps_i = gaussian(key + (i,))``). With ``comm`` the pairs are shared out over
-    processes. Returns ``(g, losses)`` with ``losses`` of shape (pairs, 2): (+, -).
+    (``eps_i = gaussian(key + (i,))``). ``centre(theta)``, if given, returns ``centre_size``
+    float64 values (the rule: the centre's loss and logits); it is population member
+    ``pairs``. With ``comm`` (:class:`~training.rules.distributed.Comm`) member ``j`` is
+    evaluated by the process ``comm.mine(j)`` names, and the losses and centre values travel in
+    one exact sum. Returns an :class:`ESEstimate` ``(gradient, losses, centre)``.
     """
-    losses = np.zeros((pairs, 2))
-    for i in range(pairs):
-        if comm is None or comm.mine(i):
-            eps = gaussian(tuple(key) + (i,), theta.shape)
-            losses[i] = loss_fn(theta + np.float32(sigma) * eps), loss_fn(theta - np.float32(sigma) * eps)
+    with_centre = centre is not None
+    buf = np.zeros(2 * pairs + (centre_size if with_centre else 0))
+    for j in range(pairs + with_centre):
+        if comm is not None and not comm.mine(j):
+            continue
+        if j < pairs:
+            eps = gaussian(tuple(key) + (j,), theta.shape)
+            buf[2 * j] = loss_fn(theta + np.float32(sigma) * eps)
+            buf[2 * j + 1] = loss_fn(theta - np.float32(sigma) * eps)
+        else:
+            buf[2 * pairs:] = centre(theta)
     if comm is not None:
-        losses = comm.sum(losses.ravel()).reshape(pairs, 2)
-    return _combine(losses, theta.shape, sigma, key, shaping), losses
+        buf = comm.sum(buf)
+    losses = buf[:2 * pairs].reshape(pairs, 2)
+    return ESEstimate(_combine(losses, theta.shape, sigma, key, shaping), losses,
+                      buf[2 * pairs:] if with_centre else None)
 
 
 def _combine(losses, shape, sigma, key, shaping):
@@ -62,26 +85,18 @@ class ESRule(MeasuringRule):
         theta = self.theta()
         o = self.opts
         n, B, C = o.pairs, len(x), self.score_matrix.shape[1]
-        key = (self.seed, self.tag, self.step_count)
-        # slots: 2n losses of the pairs, then the centre's loss and logits (member n)
-        buf = np.zeros(2 * n + 1 + B * C)
-        for j in range(n + 1):
-            if not self.comm.mine(j):
-                continue
-            if j < n:
-                eps = gaussian(key + (j,), theta.shape)
-                buf[2 * j] = self.loss_of(theta + np.float32(o.sigma) * eps, x, y)[0]
-                buf[2 * j + 1] = self.loss_of(theta - np.float32(o.sigma) * eps, x, y)[0]
-            else:
-                loss, logits = self.loss_of(theta, x, y)
-                buf[2 * n] = loss
-                buf[2 * n + 1:] = logits.ravel()
-        buf = self.comm.sum(buf)
+
+        def centre(th):  # the centre's loss and logits, for what the trainer reports
+            loss, logits = self.loss_of(th, x, y)
+            return np.concatenate([[loss], np.ravel(logits)])
+
+        est = es_gradient(lambda th: self.loss_of(th, x, y)[0], theta, o.sigma, n,
+                          (self.seed, self.tag, self.step_count), o.shaping, comm=self.comm,
+                          centre=centre, centre_size=1 + B * C)
         self.evaluations += (2 * n + 1) * B
-        loss, logits = float(buf[2 * n]), buf[2 * n + 1:].reshape(B, C)
-        g = _combine(buf[:2 * n].reshape(n, 2), theta.shape, o.sigma, key, o.shaping)
-        self._check(loss, g)
-        self.adam.step(theta, g, self.learning_rate)
+        loss, logits = float(est.centre[0]), est.centre[1:].reshape(B, C)
+        self._check(loss, est.gradient)
+        self.adam.step(theta, est.gradient, self.learning_rate)
         self._write(theta)
         self.step_count += 1
         return loss, torch.from_numpy(logits).to(self.device)

@@ -74,7 +74,7 @@ class HSICRule(BackpropRule):
     def __init__(self, model, cfg, steps_per_epoch):
         super().__init__(model, cfg, steps_per_epoch)
         if model.phase.device.type != "cpu":
-            raise TrainingError("rule 'hsic' runs on the CPU (its layer-local algebra is NumPy); use --device cpu")
+            raise TrainingError("rule 'hsic' runs on the CPU (its layer-local algebra is NumPy); train with device='cpu'")
         self.last_nhsic = None
 
     def planes(self, images):

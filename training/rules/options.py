@@ -124,8 +124,15 @@ class PATOptions(_Options):
     mismatch_seed: int = 1
 
 
-RULES = {"es": ESOptions, "spsa": SPSAOptions, "ga": GAOptions, "dfa": DFAOptions, "hsic": HSICOptions,
-         "pat": PATOptions}
+class BackpropOptions:
+    """End-to-end backprop (training.trainer.BackpropRule) takes no [trainer.backprop] table."""
+
+
+# THE rule registry: rule name -> its options class. Filled here and nowhere else;
+# training.config validates against it (as RULE_OPTIONS) and training.rules.make_rule builds
+# the rule of the module training.rules.<name> (backprop: training.trainer.BackpropRule).
+RULES = {"backprop": BackpropOptions, "es": ESOptions, "spsa": SPSAOptions, "ga": GAOptions, "dfa": DFAOptions,
+         "hsic": HSICOptions, "pat": PATOptions}
 
 # option values restricted to a set (checked by validate_options)
 CHOICES = {("es", "shaping"): ("centered_rank", "none"), ("spsa", "optimizer"): ("adam", "sgd"),

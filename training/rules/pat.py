@@ -24,6 +24,7 @@ import math
 import numpy as np
 import torch
 
+from diffractive.errors import D2NNError
 from diffractive.stack import StackGeometry, backward as stack_backward, forward as stack_forward
 
 from ..bridge import from_xp, to_xp
@@ -70,7 +71,7 @@ class MismatchedPhysics:
         self.geometry = StackGeometry(design.layer_shape, design.pitch_m, design.wavelength_m, tuple(d),
                                       design.window_shape)
         self.z_step_m = z_step_m
-        self.n = float(design.material["n"] if n is None else n)
+        self.n = float(design.material.n if n is None else n)
         self.kappa = float(kappa)
         self.base_m = float(base_m)
 
@@ -88,7 +89,7 @@ class MismatchedPhysics:
         elif o.distance_std_m > 0:
             dist = dist + rng.normal(0.0, o.distance_std_m, L + 1)
         if np.any(dist <= 0):
-            raise ValueError(f"[trainer.pat]: the mismatched gaps {dist.tolist()} m must stay positive")
+            raise D2NNError(f"[trainer.pat]: the mismatched gaps {dist.tolist()} m must stay positive")
         return cls(design, shifts, dist.tolist(), o.z_step_m, cfg.material.n,
                    cfg.material.kappa if o.absorption else 0.0, cfg.fabrication.base_m, cfg.trainer.workers)
 
@@ -150,7 +151,7 @@ class PATRule(BackpropRule):
     def __init__(self, model, cfg, steps_per_epoch):
         super().__init__(model, cfg, steps_per_epoch)
         if model.phase.device.type != "cpu":
-            raise TrainingError("rule 'pat' runs on the CPU (the mismatched physics is NumPy); use --device cpu")
+            raise TrainingError("rule 'pat' runs on the CPU (the mismatched physics is NumPy); train with device='cpu'")
         self.physics = MismatchedPhysics.from_config(model.design, cfg)
 
     def physical_intensity(self, images):

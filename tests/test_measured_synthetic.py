@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from diffractive.labsim import (Imperfections, choose_samples, parse_angle, parse_length, parse_misalign,
-                                sample_output, shift_layers, simulate_lab)
+from diffractive.errors import D2NNError
+from diffractive.measured.synthetic import Imperfections, choose_samples, sample_output, shift_layers, simulate_lab
 from diffractive.simulate import design_transmissions, simulate
 
 from test_measured_common import digits_split, small_design
@@ -92,29 +92,6 @@ def test_layer_misalignment_changes_the_output_but_not_when_zero(data):
     assert shift_layers(t, np.zeros((2, 2)), design.pitch_m).tolist() == t.tolist()
 
 
-def test_parsing_of_lengths_angles_and_misalignments():
-    p = 0.4e-3
-    assert parse_length("0.2mm", p) == pytest.approx(2e-4)
-    assert parse_length("50um", p) == pytest.approx(5e-5)
-    assert parse_length("1.5px", p) == pytest.approx(6e-4)
-    assert parse_length("-3e-4", p) == pytest.approx(-3e-4)
-    assert parse_angle("2") == pytest.approx(math.radians(2)) and parse_angle("0.01rad") == 0.01
-    with pytest.raises(ValueError, match="is not a length"):
-        parse_length("2 inches", p)
-    rng = np.random.default_rng(0)
-    m = parse_misalign(["detector=0.3mm,-1px", "layer2=10um,0", "rotation=1", "scale=1.01"], 3, p, rng)
-    assert m["detector_offset_m"] == pytest.approx((3e-4, -4e-4))
-    np.testing.assert_allclose(m["layer_offsets_m"], [[0, 0], [1e-5, 0], [0, 0]])
-    assert m["detector_rotation_rad"] == pytest.approx(math.radians(1)) and m["scan_scale"] == 1.01
-    m = parse_misalign(["layers=50um"], 5, p, np.random.default_rng(1))
-    assert m["layer_offsets_m"].shape == (5, 2) and 1e-6 < np.abs(m["layer_offsets_m"]).mean() < 2e-4
-    for bad, msg in [("layer4=1,1", "the design has layers 1 ... 3"), ("tilt=3", "unknown key"),
-                     ("detector", "expected KEY=VALUE"), ("detector=1,2,3", "give DX,DY"),
-                     ("scale=-1", "positive"), ("layers=-1mm", "standard deviation")]:
-        with pytest.raises(ValueError, match=msg):
-            parse_misalign([bad], 3, p, rng)
-
-
 def test_choose_samples_is_balanced_and_seeded():
     labels = np.repeat(np.arange(10), 30)
     idx = choose_samples(labels, 50, seed=1)
@@ -122,3 +99,16 @@ def test_choose_samples_is_balanced_and_seeded():
     assert choose_samples(labels, 50, seed=1).tolist() == idx.tolist()
     with pytest.raises(ValueError, match="only 300"):
         choose_samples(labels, 301)
+
+
+def test_imperfections_are_typed_and_checked():
+    imp = Imperfections(noise=1, detector_offset_m=[1e-4, np.float64(-2e-4)])
+    assert imp.noise == 1.0 and imp.detector_offset_m == (1e-4, -2e-4)
+    for kwargs, msg in [({"noise": -0.1}, "noise must be a non-negative"), ({"dark": float("nan")}, "dark"),
+                        ({"scan_scale": 0}, "scan_scale must be a positive"), ({"layer_shift": "cubic"}, "layer_shift"),
+                        ({"detector_offset_m": (1.0,)}, "detector_offset_m must be a pair"),
+                        ({"detector_rotation_rad": float("inf")}, "detector_rotation_rad must be finite")]:
+        with pytest.raises(D2NNError, match=msg):
+            Imperfections(**kwargs)
+    with pytest.raises(TypeError, match="gain_spread must be a real number"):
+        Imperfections(gain_spread="5 %")

@@ -1,6 +1,7 @@
 """Synthetic "lab" measurements of a design: the simulation with a printed stack's imperfections.
 
-For tests of :mod:`diffractive.measured` and for planning tolerances (``d2nn measure-sim``).
+For tests of :mod:`diffractive.measured` and for planning tolerances (``d2nn measure-sim``,
+whose option parsing lives in :mod:`d2nn.commands.measure_sim`). It takes typed values only.
 What it models, all optional and seeded:
 
 * **Lateral misalignment of layers.** Layer ``l`` displaced by ``d_l`` in its plane has
@@ -28,23 +29,32 @@ A reading is ``gain * P + dark + noise``; :class:`LabData` keeps the true values
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .detectors import detector_masks, readout
-from .measured.io import centred_origin
-from .measured.registration import Registration
-from .simulate import design_transmissions, input_fields
-from .stack import forward
+from .._validate import finite_real, non_negative_finite, one_of, positive_finite
+from ..detectors import class_scores, detector_masks, readout
+from ..errors import D2NNError
+from ..simulate import design_transmissions, input_fields
+from ..stack import forward
+from .io import centred_origin
+from .registration import Registration
 
 LAYER_SHIFTS = ("linear", "nearest")
 
 
 @dataclass
 class Imperfections:
-    """What is wrong with the printed, assembled and measured stack (lengths in metres)."""
+    """What is wrong with the printed, assembled and measured stack (lengths in metres, angles in radians).
+
+    ``noise``, ``gain_spread`` and ``dark`` are fractions (>= 0, see the module docstring);
+    ``detector_offset_m`` is the (dx, dy) of the detector plane / scan frame,
+    ``detector_rotation_rad`` its rotation, ``scan_scale`` (> 0) the true scan step over
+    the recorded pitch; ``layer_offsets_m`` (L, 2) the (dx, dy) of each layer (``None``:
+    none); ``layer_shift`` one of :data:`LAYER_SHIFTS`. Bad values raise
+    :class:`~diffractive.errors.D2NNError` naming the field.
+    """
 
     noise: float = 0.0
     gain_spread: float = 0.0
@@ -57,13 +67,15 @@ class Imperfections:
 
     def __post_init__(self):
         for name in ("noise", "gain_spread", "dark"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a non-negative number, got {v!r}")
-        if not (math.isfinite(self.scan_scale) and self.scan_scale > 0):
-            raise ValueError(f"scan scale must be a positive number, got {self.scan_scale!r}")
-        if self.layer_shift not in LAYER_SHIFTS:
-            raise ValueError(f"layer_shift must be one of {LAYER_SHIFTS}, got {self.layer_shift!r}")
+            setattr(self, name, non_negative_finite(name, getattr(self, name)))
+        self.scan_scale = positive_finite("scan_scale", self.scan_scale)
+        try:
+            dx, dy = self.detector_offset_m
+        except (TypeError, ValueError):
+            raise D2NNError(f"detector_offset_m must be a pair (dx, dy), got {self.detector_offset_m!r}") from None
+        self.detector_offset_m = (finite_real("detector_offset_m[0]", dx), finite_real("detector_offset_m[1]", dy))
+        self.detector_rotation_rad = finite_real("detector_rotation_rad", self.detector_rotation_rad)
+        one_of("layer_shift", self.layer_shift, LAYER_SHIFTS)
 
     @property
     def registration(self) -> Registration:
@@ -91,94 +103,12 @@ class LabData:
     truth: dict = field(default_factory=dict)
 
 
-# --------------------------------------------------------------------------- parsing helpers
-_UNITS = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6}
-
-
-def parse_length(text: str, pitch_m: float) -> float:
-    """A length: a number in metres, or with a unit ``m``, ``mm``, ``um`` or ``px`` (design pixels)."""
-    t = text.strip().lower()
-    m = re.fullmatch(r"([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\s*(m|mm|um|µm|px)?", t)
-    if not m:
-        raise ValueError(f"{text!r} is not a length (a number in metres, or with mm, um or px)")
-    v = float(m.group(1))
-    unit = m.group(2) or "m"
-    return v * (pitch_m if unit == "px" else _UNITS[unit])
-
-
-def parse_angle(text: str) -> float:
-    """An angle in degrees (``0.5`` or ``0.5deg``) or radians (``0.01rad``); returns radians."""
-    t = text.strip().lower()
-    m = re.fullmatch(r"([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\s*(deg|rad)?", t)
-    if not m:
-        raise ValueError(f"{text!r} is not an angle (degrees, or with deg or rad)")
-    v = float(m.group(1))
-    return v if m.group(2) == "rad" else math.radians(v)
-
-
-def parse_misalign(specs, n_layers: int, pitch_m: float, rng) -> dict:
-    """Parse ``--misalign`` items into ``detector_offset_m``, ``detector_rotation_rad``,
-    ``scan_scale`` and ``layer_offsets_m`` (L, 2).
-
-    Items (lengths as in :func:`parse_length`):
-    ``detector=DX,DY`` (or ``detector=S``: random, each component ~ N(0, S)),
-    ``layers=S`` (each layer random, components ~ N(0, S)) or ``layers=DX,DY`` (all layers),
-    ``layerN=DX,DY`` (layer N, counted from 1 at the input), ``rotation=ANGLE`` (detector
-    plane / scan frame, degrees), ``scale=F`` (true scan step / recorded pitch_m).
-    """
-    out = {"detector_offset_m": (0.0, 0.0), "detector_rotation_rad": 0.0, "scan_scale": 1.0,
-           "layer_offsets_m": np.zeros((n_layers, 2))}
-
-    def pair_or_sigma(key, value):
-        parts = [p for p in value.split(",")]
-        if len(parts) == 1:
-            s = parse_length(parts[0], pitch_m)
-            if s < 0:
-                raise ValueError(f"--misalign {key}={value}: a single value is a standard deviation and must be >= 0")
-            return None, s
-        if len(parts) != 2:
-            raise ValueError(f"--misalign {key}={value}: give DX,DY or a single standard deviation")
-        return (parse_length(parts[0], pitch_m), parse_length(parts[1], pitch_m)), None
-
-    for spec in specs or []:
-        if "=" not in spec:
-            raise ValueError(f"--misalign {spec!r}: expected KEY=VALUE (detector=, layers=, layerN=, rotation=, scale=)")
-        key, value = (s.strip() for s in spec.split("=", 1))
-        key = key.lower()
-        try:
-            if key == "detector":
-                pair, sigma = pair_or_sigma(key, value)
-                out["detector_offset_m"] = pair if pair else tuple(float(v) for v in rng.normal(0, sigma, 2))
-            elif key == "layers":
-                pair, sigma = pair_or_sigma(key, value)
-                out["layer_offsets_m"] = (np.tile(pair, (n_layers, 1)) if pair
-                                          else rng.normal(0, sigma, (n_layers, 2)))
-            elif re.fullmatch(r"layer\d+", key):
-                n = int(key[5:])
-                if not 1 <= n <= n_layers:
-                    raise ValueError(f"--misalign {spec}: the design has layers 1 ... {n_layers}")
-                pair, sigma = pair_or_sigma(key, value)
-                out["layer_offsets_m"][n - 1] = pair if pair else rng.normal(0, sigma, 2)
-            elif key == "rotation":
-                out["detector_rotation_rad"] = parse_angle(value)
-            elif key == "scale":
-                s = float(value)
-                if not (math.isfinite(s) and s > 0):
-                    raise ValueError(f"--misalign scale={value}: must be a positive number")
-                out["scan_scale"] = s
-            else:
-                raise ValueError(f"--misalign {spec!r}: unknown key {key!r} (detector, layers, layerN, rotation, scale)")
-        except ValueError as e:
-            msg = str(e)
-            raise ValueError(msg if msg.startswith("--misalign") else f"--misalign {spec}: {msg}") from None
-    return out
-
-
+# --------------------------------------------------------------------------- samples
 def choose_samples(labels, n: int, seed: int = 0) -> np.ndarray:
     """Indices of ``n`` samples, balanced over classes (round robin over a seeded shuffle of each class)."""
     labels = np.asarray(labels)
     if n > len(labels):
-        raise ValueError(f"asked for {n} samples but the split has only {len(labels)}")
+        raise D2NNError(f"asked for {n} samples but the split has only {len(labels)}")
     rng = np.random.default_rng(seed)
     pools = [list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)]
     out = []
@@ -210,7 +140,7 @@ def shift_layers(transmissions, offsets_m, pitch_m: float, mode: str = "linear")
         elif mode == "linear":
             order = 1
         else:
-            raise ValueError(f"mode must be one of {LAYER_SHIFTS}, got {mode!r}")
+            one_of("mode", mode, LAYER_SHIFTS)
         re_ = ndimage.shift(t[l].real.astype(np.float64), sh, order=order, mode="constant", cval=0.0)
         im_ = ndimage.shift(t[l].imag.astype(np.float64), sh, order=order, mode="constant", cval=0.0)
         out[l] = (re_ + 1j * im_).astype(t.dtype)
@@ -272,9 +202,9 @@ def simulate_lab(design, images, labels, *, imperfections: Imperfections | None 
     """
     imp = imperfections or Imperfections()
     if fmt not in ("detectors", "scan"):
-        raise ValueError(f"fmt must be 'detectors' or 'scan', got {fmt!r}")
+        one_of("fmt", fmt, ("detectors", "scan"))
     if fmt == "scan" and imp.gain_spread:
-        raise ValueError("a detector gain spread applies to the detector-power format only (a scan has one probe)")
+        raise D2NNError("a detector gain spread applies to the detector-power format only (a scan has one probe)")
     images = np.asarray(images, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
     n = len(images)
@@ -283,7 +213,7 @@ def simulate_lab(design, images, labels, *, imperfections: Imperfections | None 
     L = design.n_layers
     layer_off = np.zeros((L, 2)) if imp.layer_offsets_m is None else np.asarray(imp.layer_offsets_m, dtype=np.float64)
     if layer_off.shape != (L, 2):
-        raise ValueError(f"layer offsets must have shape ({L}, 2), got {layer_off.shape}")
+        raise D2NNError(f"layer_offsets_m must have shape ({L}, 2), got {layer_off.shape}")
     t = design_transmissions(design, np)
     if np.any(layer_off != 0):
         t = shift_layers(t, layer_off, design.pitch_m, imp.layer_shift)
@@ -292,8 +222,8 @@ def simulate_lab(design, images, labels, *, imperfections: Imperfections | None 
     if fmt == "scan":
         p_s = design.pitch_m if scan_pitch_m is None else float(scan_pitch_m)
         if scan_shape is None:
-            scan_shape = (max(2, int(math.floor(grid.extent_m[0] / p_s + 1e-9))),
-                          max(2, int(math.floor(grid.extent_m[1] / p_s + 1e-9))))
+            scan_shape = (max(2, int(math.floor(grid.extent_yx_m[0] / p_s + 1e-9))),
+                          max(2, int(math.floor(grid.extent_yx_m[1] / p_s + 1e-9))))
         origin = centred_origin(scan_shape, p_s)
         xs = origin[0] + np.arange(scan_shape[1]) * p_s
         ys = origin[1] + np.arange(scan_shape[0]) * p_s
@@ -326,8 +256,6 @@ def simulate_lab(design, images, labels, *, imperfections: Imperfections | None 
              "detector_rotation_rad": float(imp.detector_rotation_rad), "scan_scale": float(imp.scan_scale),
              "layer_offsets_m": layer_off.tolist(), "layer_shift": imp.layer_shift,
              "labels": labels.tolist(), "inputs": None if inputs is None else [int(v) for v in inputs]}
-    from .detectors import class_scores  # noqa: PLC0415
-
     if fmt == "detectors":
         P = np.concatenate(powers) if powers else np.zeros((0, len(design.detectors)))
         K = P.shape[1]
