@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from .errors import BackendUnavailable, D2NNError
+
 
 @functools.lru_cache(maxsize=1)
 def cupy_available() -> bool:
@@ -47,14 +49,14 @@ def resolve_backend(backend: str | None = None, like=None):
         return np
     if backend == "cupy":
         if not cupy_available():
-            raise RuntimeError("backend='cupy' was requested but CuPy or a CUDA GPU is not available; "
+            raise BackendUnavailable("backend='cupy' was requested but CuPy or a CUDA GPU is not available; "
                                "use backend='numpy' or install the 'gpu' extra on a CUDA machine")
         import cupy  # noqa: PLC0415
 
         return cupy
     if backend == "auto":
         return resolve_backend("cupy") if cupy_available() else np
-    raise ValueError(f"backend must be 'numpy', 'cupy', 'auto' or None, got {backend!r}")
+    raise D2NNError(f"backend must be 'numpy', 'cupy', 'auto' or None, got {backend!r}")
 
 
 def to_numpy(a) -> np.ndarray:

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .errors import D2NNError
 from .backend import cpu_workers
 
 try:  # pyFFTW is the fast CPU path; scipy.fft is the fallback with the same results.
@@ -60,7 +61,7 @@ def fftw_planner() -> str:
     """
     value = os.environ.get(PLANNER_ENV, "measure").strip().lower()
     if value not in PLANNERS:
-        raise ValueError(f"{PLANNER_ENV}={os.environ[PLANNER_ENV]!r}: must be one of {list(PLANNERS)}")
+        raise D2NNError(f"{PLANNER_ENV}={os.environ[PLANNER_ENV]!r}: must be one of {list(PLANNERS)}")
     return value
 
 
@@ -119,7 +120,7 @@ class Workspace:
         self.ny, self.nx = field_shape
         self.NY, self.NX = window_shape
         if self.NY < self.ny or self.NX < self.nx:
-            raise ValueError(f"window_shape {tuple(window_shape)} is smaller than the field {tuple(field_shape)}")
+            raise D2NNError(f"window_shape {tuple(window_shape)} is smaller than the field {tuple(field_shape)}")
         self.dtype = np.dtype(dtype)
         self.xp = xp
         self.batch = batch

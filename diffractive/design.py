@@ -30,7 +30,7 @@ import numpy as np
 from ._io import atomic_write, write_json_atomic  # noqa: F401  (re-exported)
 from .detectors import Detector
 from .encoding import InputSpec
-from .errors import DesignError, FieldError, OutputExists, field_errors
+from .errors import DesignError, FieldError, InputTypeError, OutputExists, field_errors
 from .grid import Grid
 from .materials import LIN2018, Fabrication, Material
 from .stack import StackGeometry
@@ -57,7 +57,7 @@ class FrozenDict(dict):
     """A read-only ``dict`` (provenance, metrics): JSON-serialisable, picklable, mutation raises."""
 
     def _readonly(self, *args, **kwargs):
-        raise TypeError("a design's provenance and metrics are read-only; build a new design with "
+        raise InputTypeError("a design's provenance and metrics are read-only; build a new design with "
                         "Design.with_record(...) or dataclasses.replace(...)")
 
     __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _readonly
@@ -416,7 +416,7 @@ def save_design(design: Design, folder, *, overwrite=False) -> Path:
     valid by construction, so nothing is checked here beyond its type.
     """
     if not isinstance(design, Design):
-        raise TypeError(f"save_design needs a Design, got {type(design).__name__}")
+        raise InputTypeError(f"save_design needs a Design, got {type(design).__name__}")
     folder = Path(folder)
     doc = design.to_json()
     if (folder / "design.json").exists() and not overwrite:

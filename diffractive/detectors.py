@@ -18,7 +18,7 @@ import numpy as np
 
 from ._validate import finite_real, positive_finite
 from .backend import get_array_module
-from .errors import FieldError, field_errors
+from .errors import D2NNError, FieldError, field_errors
 from .grid import Grid
 
 
@@ -60,7 +60,7 @@ class Detector:
 def _pair(name, value, check):
     """Two numbers checked by ``check(name, v)`` (a list or tuple of length 2), else ``ValueError``."""
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
-        raise ValueError(f"{name} must be a pair of numbers, got {value!r}")
+        raise D2NNError(f"{name} must be a pair of numbers, got {value!r}")
     return tuple(check(name, v) for v in value)
 
 
@@ -81,7 +81,7 @@ def detector_masks(detectors, grid: Grid, xp=np, dtype=np.float32):
     for k, d in enumerate(detectors):
         (cx, cy), (w, h) = d.center_xy_m, d.size_xy_m
         if abs(cx) + w / 2 > half_w + 1e-9 or abs(cy) + h / 2 > half_h + 1e-9:
-            raise ValueError(f"detector {k} (class {d.class_index}) at ({cx:.4g}, {cy:.4g}) m of size ({w:.4g}, {h:.4g}) m "
+            raise D2NNError(f"detector {k} (class {d.class_index}) at ({cx:.4g}, {cy:.4g}) m of size ({w:.4g}, {h:.4g}) m "
                              f"reaches outside the output plane ({2 * half_w:.4g} x {2 * half_h:.4g} m)")
         masks[k] = np.outer(_coverage_1d(y, grid.pitch_m, cy - h / 2, cy + h / 2),
                             _coverage_1d(x, grid.pitch_m, cx - w / 2, cx + w / 2))
@@ -102,11 +102,11 @@ def score_matrix(detectors, n_classes: int | None = None) -> np.ndarray:
     S = np.zeros((len(detectors), n_classes))
     for k, d in enumerate(detectors):
         if d.class_index >= n_classes:
-            raise ValueError(f"detector {k} has class {d.class_index} but there are only {n_classes} classes")
+            raise D2NNError(f"detector {k} has class {d.class_index} but there are only {n_classes} classes")
         S[k, d.class_index] = d.sign
     missing = [c for c in range(n_classes) if not np.any(S[:, c] > 0)]
     if missing:
-        raise ValueError(f"classes {missing} have no positive detector")
+        raise D2NNError(f"classes {missing} have no positive detector")
     return S
 
 
@@ -141,7 +141,7 @@ def lin_layout(grid: Grid, n_classes: int = 10, size_m: float | None = None, spa
     if rows is None:
         rows = (3, 4, 3) if n_classes == 10 else _balanced_rows(n_classes)
     if sum(rows) != n_classes:
-        raise ValueError(f"rows {rows} hold {sum(rows)} detectors, not n_classes={n_classes}")
+        raise D2NNError(f"rows {rows} hold {sum(rows)} detectors, not n_classes={n_classes}")
     centers = _row_layout(rows, size_m, (spacing_m, spacing_m))
     return [Detector(c, ctr, (size_m, size_m), 1) for c, ctr in enumerate(centers)]
 

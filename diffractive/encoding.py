@@ -21,7 +21,7 @@ import numpy as np
 
 from ._validate import finite_array, positive_finite
 from .backend import get_array_module
-from .errors import FieldError, field_errors
+from .errors import D2NNError, FieldError, field_errors
 from .grid import Grid
 
 ENCODINGS = ("amplitude", "phase")
@@ -51,11 +51,11 @@ def resample_matrix(n_src: int, n_dst: int) -> np.ndarray:
 def input_pixels(grid: Grid, size_yx_m) -> tuple[int, int]:
     """Number of grid pixels (rows, cols) the input rectangle ``size_yx_m = (h, w)`` (metres) covers."""
     if isinstance(size_yx_m, (str, bytes)) or not hasattr(size_yx_m, "__len__") or len(size_yx_m) != 2:
-        raise ValueError(f"input size_yx_m must be a pair (h, w) of lengths in metres, got {size_yx_m!r}")
+        raise D2NNError(f"input size_yx_m must be a pair (h, w) of lengths in metres, got {size_yx_m!r}")
     h, w = (positive_finite("input size_yx_m", v) for v in size_yx_m)
     ny, nx = int(round(h / grid.pitch_m)), int(round(w / grid.pitch_m))
     if ny < 1 or nx < 1 or ny > grid.ny or nx > grid.nx:
-        raise ValueError(f"input size_yx_m {list(size_yx_m)} m covers {ny} x {nx} pixels, which must be between "
+        raise D2NNError(f"input size_yx_m {list(size_yx_m)} m covers {ny} x {nx} pixels, which must be between "
                          f"1 and the grid {list(grid.shape)}")
     return ny, nx
 
@@ -67,7 +67,7 @@ def place_images(images, grid: Grid, size_yx_m):
     if images.ndim == 2:
         images = images[None]
     if images.ndim != 3:
-        raise ValueError(f"images must have shape (batch, height, width), got {images.shape}")
+        raise D2NNError(f"images must have shape (batch, height, width), got {images.shape}")
     finite_array("images", images, xp)
     ty, tx = input_pixels(grid, size_yx_m)
     dtype = np.float32 if images.dtype == np.float32 else np.float64
@@ -88,7 +88,7 @@ def encode(images, grid: Grid, size_yx_m, encoding: str = "amplitude", phase_sca
     unit image value) is used by the ``"phase"`` encoding only.
     """
     if encoding not in ENCODINGS:
-        raise ValueError(f"input encoding must be one of {ENCODINGS}, got {encoding!r}")
+        raise D2NNError(f"input encoding must be one of {ENCODINGS}, got {encoding!r}")
     xp = get_array_module(images)
     placed = place_images(images, grid, size_yx_m)
     if encoding == "amplitude":

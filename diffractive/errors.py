@@ -29,6 +29,10 @@ class InputTypeError(D2NNError, TypeError):
     """
 
 
+class BackendUnavailable(D2NNError, RuntimeError):
+    """An array library was asked for (``backend="cupy"``) that this machine cannot run."""
+
+
 class OutputExists(D2NNError, FileExistsError):
     """Writing would replace what is at ``path``; ``remedies`` maps a parameter to what ``=True`` does.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import D2NNError
 from ._validate import finite_array
 from .backend import get_array_module
 
@@ -33,6 +34,6 @@ def transmission(phase, amplitude=None, dtype=None):
         amplitude = xp.asarray(amplitude)
         finite_array("amplitude", amplitude, xp)
         if bool(xp.any(amplitude < 0)) or bool(xp.any(amplitude > 1)):
-            raise ValueError("amplitude transmission must lie in [0, 1]")
+            raise D2NNError("amplitude transmission must lie in [0, 1]")
         t = t * amplitude
     return t.astype(dtype, copy=False)

@@ -182,7 +182,7 @@ def sampling_report(field_shape, window_shape, pitch_m, wavelength_m, distance_m
 def check_sampling(report: SamplingReport, check: str = "warn", context: str = "") -> None:
     """Warn (``check="warn"``), raise :class:`SamplingError` (``"error"``) or do nothing."""
     if check not in ("warn", "error", "ignore"):
-        raise ValueError(f"check must be 'warn', 'error' or 'ignore', got {check!r}")
+        raise D2NNError(f"check must be 'warn', 'error' or 'ignore', got {check!r}")
     if check == "ignore":
         return
     for msg in report.problems():
@@ -238,11 +238,11 @@ class Engine:
         self.pitch_m = positive_finite("pitch_m", pitch_m)
         self.distances_m = tuple(finite_real(f"distances_m[{i}]", z) for i, z in enumerate(distances_m))
         if not self.distances_m:
-            raise ValueError("distances_m must hold at least one distance")
+            raise D2NNError("distances_m must hold at least one distance")
         self.window_shape = (default_window(self.field_shape) if window_shape is None
                              else shape2("window_shape", window_shape))
         if any(N < n for n, N in zip(self.field_shape, self.window_shape)):
-            raise ValueError(f"window_shape {list(self.window_shape)} must be at least the field shape "
+            raise D2NNError(f"window_shape {list(self.window_shape)} must be at least the field shape "
                              f"{list(self.field_shape)}")
         self.band_limit = bool(band_limit)
         self.dtype = np.dtype(dtype)
@@ -302,7 +302,7 @@ class Engine:
         CPU threads (default all cores available to the process; ignored on CuPy).
         """
         if field.shape[-2:] != self.field_shape:
-            raise ValueError(f"field's last two axes {field.shape[-2:]} do not match the grid {self.field_shape}")
+            raise D2NNError(f"field's last two axes {field.shape[-2:]} do not match the grid {self.field_shape}")
         H = (self.H_adjoint if adjoint else self.H)[index]
         lead = field.shape[:-2]
         flat = field.reshape((-1,) + self.field_shape)
@@ -321,9 +321,9 @@ class Engine:
 
         L, (ny, nx) = self.n_hops - 1, self.field_shape
         if transmissions.shape != (L, ny, nx):
-            raise ValueError(f"transmissions must have shape {(L, ny, nx)} (layers, ny, nx), got {transmissions.shape}")
+            raise D2NNError(f"transmissions must have shape {(L, ny, nx)} (layers, ny, nx), got {transmissions.shape}")
         if fields.ndim != 3 or fields.shape[1:] != (ny, nx):
-            raise ValueError(f"input fields must have shape (batch, {ny}, {nx}), got {fields.shape}")
+            raise D2NNError(f"input fields must have shape (batch, {ny}, {nx}), got {fields.shape}")
         finite_array("transmissions", transmissions, self.xp)
         finite_array("input fields", fields, self.xp)
 
@@ -367,13 +367,13 @@ class Engine:
         ``need_input_grad`` else ``None``.
         """
         if arrivals is None:
-            raise ValueError("backward needs forward(..., keep_arrivals=True)")
+            raise D2NNError("backward needs forward(..., keep_arrivals=True)")
         xp, dtype, out, t = self.xp, output.dtype, output, transmissions
         H_adj, L = self.H_adjoint, self.n_hops - 1
         t_conj = xp.conj(t)
         g_in = xp.empty(out.shape, dtype=dtype) if need_input_grad else None
         if (grad_intensity is None) == (grad_output is None):
-            raise ValueError("give exactly one of grad_intensity and grad_output")
+            raise D2NNError("give exactly one of grad_intensity and grad_output")
 
         def step(ws, sl, st):
             acc, tmp = st

@@ -37,7 +37,7 @@ import numpy as np
 
 from ._validate import positive_finite, shape2
 from .backend import get_array_module
-from .errors import FieldError, field_errors
+from .errors import D2NNError, FieldError, field_errors
 from .grid import Grid
 from .propagation import Engine, check_sampling, default_window, sampling_report
 from .propagation import shared_engine as _shared_engine  # stack.shared_engine takes a geometry
@@ -118,9 +118,9 @@ def _engine_for(geometry: StackGeometry, engine: Engine | None, dtype, xp) -> En
         return shared_engine(geometry, dtype, xp)
     g = geometry
     if engine.key != (g.layer_shape, g.wavelength_m, g.pitch_m, g.distances_m, g.window_shape, g.band_limit):
-        raise ValueError("engine was made for another geometry than the one given")
+        raise D2NNError("engine was made for another geometry than the one given")
     if engine.dtype != np.dtype(dtype) or engine.xp is not xp:
-        raise ValueError(f"engine runs {engine.dtype} on {engine.xp.__name__}, the arrays are {np.dtype(dtype)} "
+        raise D2NNError(f"engine runs {engine.dtype} on {engine.xp.__name__}, the arrays are {np.dtype(dtype)} "
                          f"on {xp.__name__}")
     return engine
 
@@ -169,7 +169,7 @@ def backward(geometry: StackGeometry, saved: ForwardResult, grad_intensity=None,
     ``engine`` as for :func:`forward`.
     """
     if saved.arrivals is None:
-        raise ValueError("backward needs forward(..., keep_arrivals=True)")
+        raise D2NNError("backward needs forward(..., keep_arrivals=True)")
     out = saved.output
     xp = get_array_module(out)
     eng = _engine_for(geometry, engine, out.dtype, xp)
