@@ -2,7 +2,7 @@
 
 Figures are ``matplotlib.figure.Figure`` objects drawn by the Agg canvas, so nothing here
 touches pyplot's global state or selects a backend for the process (an application that
-uses pyplot itself keeps its own backend), and importing this module imports nothing:
+uses pyplot itself keeps its own backend), and importing this module loads no matplotlib:
 matplotlib is loaded when the first figure is made. Used by the design-folder figures
 (:mod:`training.figures`) and the evaluation report (:mod:`diffractive.measured.report`).
 """
@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from ._io import atomic_write
 
 DPI = 110        # every PNG the project writes
 
@@ -28,8 +30,6 @@ def new_figure(width_in: float, height_in: float):
 def save_png(fig, path) -> Path:
     """Write ``fig`` to ``path`` as PNG (``DPI``, tight bounding box), atomically: a reader
     never sees a half-written figure and a failed write leaves nothing behind."""
-    from ._io import atomic_write  # noqa: PLC0415
-
     return atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight"))
 
 

@@ -1,4 +1,6 @@
 """Training: bridge gradients, learning on tiny data, label-shuffle control, resume, config errors."""
+import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ from training.config import ConfigError, load_config, parse_config
 from training.reference import TorchFFTStack
 from training.trainer import Trainer, TrainingError
 
+ROOT = Path(__file__).resolve().parents[1]
 GEOM = StackGeometry((20, 18), 0.4e-3, 0.75e-3, (4e-3, 5e-3, 3e-3), (40, 36))
 
 
@@ -107,6 +110,17 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, digits):
     assert torch.equal(full.model.phase, resumed.model.phase)
     assert full.state["history"] == [dict(h, train_seconds=full.state["history"][i]["train_seconds"])
                                      for i, h in enumerate(resumed.state["history"])]
+
+
+def test_a_failed_checkpoint_write_keeps_the_last_one_and_leaves_no_temporary(tmp_path, digits):
+    t = Trainer(_tiny_config(epochs=1), tmp_path / "run", data=digits, log=lambda *a: None, stop_after_steps=10)
+    t.run()
+    good = (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes()
+    t.state["unpicklable"] = lambda: None   # torch.save fails half-way through
+    with pytest.raises((AttributeError, pickle.PicklingError)):
+        t._checkpoint()
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.pt"]
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes() == good
 
 
 def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, digits):
@@ -258,3 +272,31 @@ def test_sigkill_mid_epoch_then_resume_in_a_new_process_gives_the_uninterrupted_
     whole = np.load(tmp_path / "whole" / "phases.npz")["phases"]
     resumed = np.load(tmp_path / "killed" / "phases.npz")["phases"]
     assert np.array_equal(whole, resumed)
+
+
+def test_figures_leave_matplotlib_alone_and_write_pngs(tmp_path):
+    """training.figures draws on Figure objects (diffractive._plot): importing it and drawing
+    every figure neither loads pyplot nor switches the process's backend (MPLBACKEND=svg stays)."""
+    code = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import matplotlib
+import numpy as np
+from training import figures
+from test_measured_common import small_design
+d, out = small_design(), {str(tmp_path)!r}
+figures.phase_maps(d, out + "/phase_maps.png")
+figures.class_outputs(d, np.ones((d.n_classes,) + d.layer_shape), out + "/class_outputs.png")
+figures.confusion(np.eye(d.n_classes, dtype=int) * 3, out + "/confusion.png")
+figures.learning_curves([dict(epoch=1, train_loss=1.0, val_loss=1.1, train_accuracy=0.5, val_accuracy=0.4)],
+                        out + "/learning_curves.png")
+print("matplotlib.pyplot" in sys.modules, matplotlib.rcParams["backend"])
+"""
+    env = {**os.environ, "MPLBACKEND": "svg", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "svg"]
+    for name in ("phase_maps", "class_outputs", "confusion", "learning_curves"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.png" for n in (
+        "phase_maps", "class_outputs", "confusion", "learning_curves"))   # no temporary files left

@@ -1,43 +1,40 @@
-"""Figures written into a design folder: phase maps, mean output per class, confusion, curves."""
+"""Figures written into a design folder: phase maps, mean output per class, confusion, curves.
+
+Drawn in the project's one figure style (:mod:`diffractive._plot`: ``Figure`` objects on the
+Agg canvas, no pyplot), so importing or using this module changes nothing for the rest of
+the process (no ``matplotlib.use``). Each PNG is written atomically. Lengths on the axes are
+in mm; images are drawn with row 0 at the top (y = -height / 2, rows along +y).
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    return plt
-
-
-def _save(fig, path: Path):
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    tmp.replace(path)
+from diffractive._plot import draw_matrix, extent_mm, new_figure, save_png
 
 
 def phase_maps(design, path: Path):
-    plt = _plt()
+    """The phase of every layer, wrapped to [0, 2 pi), side by side with one colour bar.
+
+    The panels share the y axis (only the leftmost carries y tick labels) and stand a third of
+    a panel apart, so no tick label of a panel runs into its neighbour's."""
     L = design.n_layers
-    fig, axes = plt.subplots(1, L, figsize=(3 * L, 3.2), squeeze=False)
-    ext = [v * 1e3 for v in (-design.grid.extent_yx_m[1] / 2, design.grid.extent_yx_m[1] / 2,
-                             design.grid.extent_yx_m[0] / 2, -design.grid.extent_yx_m[0] / 2)]
-    for l, ax in enumerate(axes[0]):
+    fig = new_figure(3.3 * L + 0.8, 3.2)
+    axes = fig.subplots(1, L, squeeze=False, sharey=True, gridspec_kw={"wspace": 0.3})[0]
+    ext = extent_mm(design.grid.extent_yx_m)
+    for l, ax in enumerate(axes):
         im = ax.imshow(np.mod(design.phases[l], 2 * np.pi), cmap="twilight", vmin=0, vmax=2 * np.pi, extent=ext)
         ax.set_title(f"layer {l + 1}")
         ax.set_xlabel("x (mm)")
-    axes[0][0].set_ylabel("y (mm)")
-    fig.colorbar(im, ax=axes[0].tolist(), label="phase (rad)", shrink=0.8)
-    _save(fig, path)
-    plt.close(fig)
+    axes[0].set_ylabel("y (mm)")
+    fig.colorbar(im, ax=list(axes), label="phase (rad)", shrink=0.8)
+    save_png(fig, path)
 
 
 def draw_detectors(ax, detectors, color="w"):
+    """Outline each detector (mm axes; negative ones of differential pairs in red) and write
+    its class above it."""
     from matplotlib.patches import Rectangle  # noqa: PLC0415
 
     for d in detectors:
@@ -49,13 +46,12 @@ def draw_detectors(ax, detectors, color="w"):
 
 def class_outputs(design, mean_intensity, path: Path, class_names=None):
     """Mean output-plane intensity per class, shape (C, ny, nx), with detectors drawn."""
-    plt = _plt()
     C = mean_intensity.shape[0]
     cols = min(5, C)
     rows = (C + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)
-    ext = [v * 1e3 for v in (-design.grid.extent_yx_m[1] / 2, design.grid.extent_yx_m[1] / 2,
-                             design.grid.extent_yx_m[0] / 2, -design.grid.extent_yx_m[0] / 2)]
+    fig = new_figure(2.6 * cols, 2.6 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    ext = extent_mm(design.grid.extent_yx_m)
     for c in range(rows * cols):
         ax = axes[c // cols][c % cols]
         ax.axis("off")
@@ -65,30 +61,23 @@ def class_outputs(design, mean_intensity, path: Path, class_names=None):
         draw_detectors(ax, design.detectors)
         ax.set_title(class_names[c] if class_names else f"class {c}", fontsize=8)
     fig.suptitle("mean output-plane intensity per class (detectors outlined)")
-    _save(fig, path)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def confusion(matrix, path: Path, title="confusion matrix (rows: true, columns: predicted)"):
-    plt = _plt()
-    matrix = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    ax.imshow(matrix, cmap="Blues")
-    for i in range(matrix.shape[0]):
-        for j in range(matrix.shape[1]):
-            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=6,
-                    color="w" if matrix[i, j] > matrix.max() / 2 else "k")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=9)
-    _save(fig, path)
-    plt.close(fig)
+    """A confusion matrix (C, C) of counts, rows true classes, columns predicted ones."""
+    fig = new_figure(5, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    draw_matrix(ax, matrix, title, "predicted", "true")
+    ax.title.set_fontsize(9)
+    save_png(fig, path)
 
 
 def learning_curves(history, path: Path):
-    plt = _plt()
+    """Loss and accuracy per epoch, train and validation (``history``: the trainer's rows)."""
     ep = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = new_figure(9, 3.5)
+    a, b = fig.subplots(1, 2)
     a.plot(ep, [h["train_loss"] for h in history], label="train")
     a.plot(ep, [h["val_loss"] for h in history], label="validation")
     a.set_xlabel("epoch")
@@ -99,5 +88,4 @@ def learning_curves(history, path: Path):
     b.set_xlabel("epoch")
     b.set_ylabel("accuracy (%)")
     b.legend()
-    _save(fig, path)
-    plt.close(fig)
+    save_png(fig, path)

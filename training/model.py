@@ -15,13 +15,13 @@ import torch
 
 from diffractive.backend import get_array_module
 from diffractive.design import Design, DesignError, load_design, make_design
+from diffractive.detectors import detector_masks, score_matrix
 from diffractive.errors import D2NNError
 from diffractive.materials import Fabrication, Material
-from diffractive.detectors import detector_masks, score_matrix
 from diffractive.simulate import input_fields
 
-from .config import ConfigError
 from .bridge import from_xp, stack_intensity, to_xp
+from .config import ConfigError
 from .losses import LOSSES, mse_loss
 
 

@@ -2,8 +2,9 @@
 
 :func:`write_report` renders everything into a temporary folder next to the target and
 renames it into place, so the target folder either appears complete or not at all.
-Figures use matplotlib's object API (``matplotlib.figure.Figure`` with the Agg canvas),
-so no pyplot state or display backend is involved.
+Figures use matplotlib's object API (``matplotlib.figure.Figure`` with the Agg canvas), in
+the style the design-folder figures share (:mod:`diffractive._plot`), so no pyplot state or
+display backend is involved.
 """
 from __future__ import annotations
 
@@ -17,40 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._plot import draw_matrix as _matrix, new_figure as _figure, save_png as _save
 from ..errors import OutputExists
-
-
-def _figure(w, h):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
-    from matplotlib.figure import Figure  # noqa: PLC0415
-
-    fig = Figure(figsize=(w, h))
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path):
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-
-
-def _matrix(ax, m, title, xlabel, ylabel, fmt="d", cmap="Blues"):
-    m = np.asarray(m, dtype=float)
-    im = ax.imshow(np.nan_to_num(m), cmap=cmap, vmin=0)
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_xticks(range(m.shape[1]))
-    ax.set_yticks(range(m.shape[0]))
-    if m.shape[0] * m.shape[1] <= 400:
-        hi = np.nanmax(m) if np.isfinite(m).any() else 1
-        for i in range(m.shape[0]):
-            for j in range(m.shape[1]):
-                if not np.isfinite(m[i, j]) or (fmt == "d" and m[i, j] == 0):
-                    continue
-                txt = f"{int(m[i, j])}" if fmt == "d" else f"{m[i, j]:.2f}"
-                ax.text(j, i, txt, ha="center", va="center", fontsize=7,
-                        color="white" if m[i, j] > 0.6 * hi else "black")
-    return im
 
 
 def confusion_figure(ev, path):

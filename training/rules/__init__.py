@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from diffractive.errors import D2NNError
 
-from .options import RULES   # the one registry of rule names (training.config validates against it)
+# the one registry of rule names (training.config validates against it)
+from .options import RULES
 
 
 def make_rule(model, cfg, steps_per_epoch):
