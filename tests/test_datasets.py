@@ -400,11 +400,8 @@ SPLIT_PROVENANCE = {"seed": 0, "split_seed": 5, "val_fraction": 0.3, "dataset": 
 
 
 @pytest.fixture
-def split_design(tmp_path):
+def split_design(tmp_path, small_design):
     """A small design folder whose provenance records split_seed 5 and val_fraction 0.3."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_measured_common import small_design
-
     from diffractive.design import save_design
 
     folder = tmp_path / "design"
@@ -441,6 +438,23 @@ def test_design_split_takes_a_design_or_its_provenance(split_design):
     design = load_design(split_design)
     np.testing.assert_array_equal(D.design_split(design, "digits", "train")[1], _trained_split("train")[1])
     np.testing.assert_array_equal(D.design_split(design, None, "val")[1], _trained_split("val")[1])  # its dataset
+
+
+def test_digits_split_is_the_first_300_sklearn_digits(digits_split):
+    images, labels = digits_split()
+    assert images.shape == (300, 8, 8) and images.dtype == np.float32 and 0 <= images.min() and images.max() <= 1
+    assert set(np.unique(labels)) == set(range(10))
+
+
+def test_design_images_honour_the_designs_split(small_design, design_images):
+    """The helper is the real split: another val_fraction or split seed in the provenance
+    gives another train split (the stand-in it replaces returned the same images for all)."""
+    x, y = design_images(small_design(provenance={"split_seed": 2, "val_fraction": 0.3}), "train")
+    xr, yr = load_split("digits", "train", seed=2, val_fraction=0.3)
+    np.testing.assert_array_equal(x, xr)
+    np.testing.assert_array_equal(y, yr)
+    assert len(y) != len(design_images(small_design(), "train")[1])
+    np.testing.assert_array_equal(design_images(small_design())[1], load_split("digits", "test")[1])
 
 
 def _cli(*argv):

@@ -21,7 +21,7 @@ from diffractive.stack import StackGeometry
 REPO = Path(__file__).resolve().parents[1]
 
 
-def small_design(**kw):
+def tiny_design(**kw):
     args = dict(layer_shape=(16, 16), n_layers=2, spacing_m=5e-3, seed=7)
     args.update(kw)
     return make_design(**args)
@@ -29,12 +29,12 @@ def small_design(**kw):
 
 @pytest.fixture
 def saved(tmp_path):
-    folder = save_design(small_design(), tmp_path / "d")
+    folder = save_design(tiny_design(), tmp_path / "d")
     return folder
 
 
 def test_round_trip_keeps_every_key(saved):
-    d = small_design()
+    d = tiny_design()
     doc = json.loads((saved / "design.json").read_text())
     assert doc["schema"] == SCHEMA == "d2nn.design/2"
     assert doc == json.loads(json.dumps(d.to_json()))
@@ -64,7 +64,7 @@ def test_round_trip_of_non_square_pairs_keeps_each_axis(tmp_path):
 
 
 def test_complex_modulation_round_trip(tmp_path):
-    d = small_design()
+    d = tiny_design()
     d = d.with_phases(d.phases, amplitudes=np.full(d.phases.shape, 0.5, np.float32))
     save_design(d, tmp_path / "c")
     d2 = load_design(tmp_path / "c")
@@ -75,7 +75,7 @@ def test_complex_modulation_round_trip(tmp_path):
 
 def test_writing_refuses_to_overwrite_unless_asked(saved):
     before = (saved / "design.json").read_bytes()
-    other = small_design(seed=8, provenance={"seed": 8})
+    other = tiny_design(seed=8, provenance={"seed": 8})
     with pytest.raises(FileExistsError, match="overwrite"):
         save_design(other, saved)
     assert (saved / "design.json").read_bytes() == before
@@ -85,7 +85,7 @@ def test_writing_refuses_to_overwrite_unless_asked(saved):
 
 
 def test_an_invalid_design_cannot_be_built_so_nothing_is_written(tmp_path):
-    d = small_design()
+    d = tiny_design()
     with pytest.raises(DesignError, match="phases"):
         d.with_phases(np.zeros((3, 16, 16)))  # 3 layers of phases for a 2-layer design
     with pytest.raises(FieldError, match="'n' must be greater than 1"):
@@ -96,7 +96,7 @@ def test_an_invalid_design_cannot_be_built_so_nothing_is_written(tmp_path):
 
 
 def test_a_design_is_frozen():
-    d = small_design()
+    d = tiny_design()
     with pytest.raises(dataclasses.FrozenInstanceError):
         d.material = Material("resin", 1.5, 0.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -114,7 +114,7 @@ def test_a_design_is_frozen():
 
 def test_derived_designs_and_their_records():
     phases = np.zeros((2, 16, 16), np.float32)
-    d = small_design(phases=phases)
+    d = tiny_design(phases=phases)
     phases[0, 0, 0] = 5.0  # the design holds its own copy
     assert d.phases[0, 0, 0] == 0.0
     d2 = d.with_record(metrics={"test_accuracy": 0.5})
@@ -127,10 +127,10 @@ def test_derived_designs_and_their_records():
 
 
 def test_make_design_distances_and_defaults():
-    d = small_design(distances_m=[1e-3, 2e-3, 3e-3])
+    d = tiny_design(distances_m=[1e-3, 2e-3, 3e-3])
     assert d.distances_m == (1e-3, 2e-3, 3e-3)
     with pytest.raises(FieldError, match="distances_m"):
-        small_design(distances_m=[1e-3, 2e-3])
+        tiny_design(distances_m=[1e-3, 2e-3])
     lin = make_design(n_layers=1, layer_shape=(20, 20))
     assert (lin.wavelength_m, lin.pitch_m) == (LIN2018.wavelength_m, LIN2018.pitch_m)
     assert lin.material.n == LIN2018.material.n and lin.input.phase_scale == math.pi
@@ -157,12 +157,12 @@ PART_ERRORS = [
     (lambda: StackGeometry((16, 0), 0.4e-3, 0.75e-3, (5e-3,)), "layer_shape"),
     (lambda: StackGeometry((16, 16), 0.4e-3, 0.75e-3, (5e-3, -1.0)), "distances_m[1]"),
     (lambda: StackGeometry((16, 16), 0.4e-3, 0.75e-3, (5e-3,), (8, 32)), "window_shape"),
-    (lambda: small_design(input_size_yx_m=(1.0, 1e-3)), "input.size_yx_m"),
-    (lambda: small_design(detectors=[Detector(0, (3e-3, 0.0), (1e-3, 1e-3)), Detector(1, (0.0, 0.0), (1e-3, 1e-3))],
+    (lambda: tiny_design(input_size_yx_m=(1.0, 1e-3)), "input.size_yx_m"),
+    (lambda: tiny_design(detectors=[Detector(0, (3e-3, 0.0), (1e-3, 1e-3)), Detector(1, (0.0, 0.0), (1e-3, 1e-3))],
                           n_classes=2), "detectors[0].center_xy_m"),
-    (lambda: dataclasses.replace(small_design(), n_classes=11), "detectors"),  # no detector for class 10
-    (lambda: dataclasses.replace(small_design(), aperture="open"), "aperture"),
-    (lambda: dataclasses.replace(small_design(), n_classes=1), "n_classes"),
+    (lambda: dataclasses.replace(tiny_design(), n_classes=11), "detectors"),  # no detector for class 10
+    (lambda: dataclasses.replace(tiny_design(), aperture="open"), "aperture"),
+    (lambda: dataclasses.replace(tiny_design(), n_classes=1), "n_classes"),
 ]
 
 
@@ -264,7 +264,7 @@ def test_broken_folders_name_the_file(saved, tmp_path):
     (saved / "design.json").write_text("{ not json")
     with pytest.raises(DesignError, match="design.json.*not valid JSON"):
         load_design(saved)
-    folder = save_design(small_design(), tmp_path / "e")
+    folder = save_design(tiny_design(), tmp_path / "e")
     np.savez(folder / "phases.npz", phases=np.zeros((2, 16, 15)))
     with pytest.raises(DesignError, match=r"phases have shape \(2, 16, 15\)"):
         load_design(folder)
@@ -274,7 +274,7 @@ def test_broken_folders_name_the_file(saved, tmp_path):
     (folder / "phases.npz").unlink()
     with pytest.raises(DesignError, match="phases.npz.*missing"):
         load_design(folder)
-    folder = save_design(small_design(), tmp_path / "f")
+    folder = save_design(tiny_design(), tmp_path / "f")
     (folder / "design.json").unlink()
     with pytest.raises(DesignError, match="design.json.*missing"):
         load_design(folder)

@@ -10,8 +10,6 @@ from diffractive.measured.io import (MeasuredDataError, centred_origin, detector
                                      read_gains, read_measured, scan_npz_bytes)
 from diffractive.measured.registration import check_scan_geometry
 
-from test_measured_common import small_design
-
 K, C = 10, 10
 
 
@@ -78,7 +76,7 @@ def test_bad_csv_is_refused_with_a_message_naming_the_problem(tmp_path, name, te
     assert "\n" not in str(e.value)
 
 
-def test_design_with_a_different_number_of_detectors_is_refused(tmp_path):
+def test_design_with_a_different_number_of_detectors_is_refused(tmp_path, small_design):
     p = write(tmp_path, "m.csv", good_csv())
     diff = small_design(detectors="differential")  # 20 detectors for 10 classes
     with pytest.raises(MeasuredDataError, match=r"missing detector column\(s\) det10, .*the design has 20 detectors"):
@@ -178,7 +176,7 @@ def test_not_an_npz(tmp_path):
     ((20, 20), 0.4e-3, "does not hold the design's detectors"),     # 8 mm scan, detectors span 12.8 mm
     ((64, 20), 0.4e-3, "x -4 ... 4 mm"),                           # too narrow
 ])
-def test_scan_shape_disagreeing_with_pitch_is_refused(tmp_path, shape, pitch, msg):
+def test_scan_shape_disagreeing_with_pitch_is_refused(tmp_path, shape, pitch, msg, small_design):
     d = small_design()
     p = npz(tmp_path, intensity=np.ones((1,) + shape), labels=[0], pitch_m=pitch)
     s = read_measured(p, K, C)
@@ -187,7 +185,7 @@ def test_scan_shape_disagreeing_with_pitch_is_refused(tmp_path, shape, pitch, ms
     assert str(p) in str(e.value) and msg in str(e.value) and "pitch_m" in str(e.value)
 
 
-def test_scan_off_centre_origin_must_still_cover_detectors(tmp_path):
+def test_scan_off_centre_origin_must_still_cover_detectors(tmp_path, small_design):
     d = small_design()
     shape = (64, 64)
     o = np.array(centred_origin(shape, 0.4e-3)) + [8e-3, 0]

@@ -11,11 +11,9 @@ from diffractive.measured.registration import (Registration, integrate_scan, reg
                                                register_to_simulation, scan_detector_masks)
 from diffractive.simulate import simulate
 
-from test_measured_common import digits_split, small_design
-
 
 @pytest.fixture(scope="module")
-def setup():
+def setup(small_design, digits_split):
     design = small_design()
     images, labels = digits_split()
     images, labels = images[:16], labels[:16]
@@ -75,7 +73,7 @@ def test_registration_full_recovers_rotation_and_scale(setup):
     assert reg.scale == pytest.approx(scale, abs=0.005)
 
 
-def test_registration_by_power_on_detectors_without_inputs():
+def test_registration_by_power_on_detectors_without_inputs(small_design):
     # scans with a bright spot on each sample's detector, displaced by a known offset
     design = small_design()
     shape, p = (64, 64), design.pitch_m
@@ -97,7 +95,7 @@ def test_registration_by_power_on_detectors_without_inputs():
     assert reg.method == "detectors"
 
 
-def test_rotated_masks_keep_the_detector_area():
+def test_rotated_masks_keep_the_detector_area(small_design):
     design = small_design()
     p = 0.3e-3
     shape = (80, 80)

@@ -8,11 +8,9 @@ from diffractive.errors import D2NNError
 from diffractive.measured.synthetic import Imperfections, choose_samples, sample_output, shift_layers, simulate_lab
 from diffractive.simulate import design_transmissions, simulate
 
-from test_measured_common import digits_split, small_design
-
 
 @pytest.fixture(scope="module")
-def data():
+def data(small_design, digits_split):
     design = small_design()
     images, labels = digits_split()
     return design, images[:12], labels[:12]

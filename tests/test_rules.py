@@ -16,17 +16,7 @@ from training.rules.common import SimulatedMeasure, Superpixels, centered_ranks,
 from training.trainer import BackpropRule, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-GEOM = {"layer_shape": [24, 24], "n_layers": 2, "distance_m": 6e-3, "pitch_m": 0.4e-3}
-
-
-def tiny_config(rule="backprop", options=None, **trainer):
-    doc = {"name": f"tiny-{rule}", "geometry": dict(GEOM), "input": {"size_yx_m": [6.4e-3, 6.4e-3]},
-           "detectors": {"size_m": 1.2e-3, "spacing_m": 2.4e-3},
-           "trainer": {"rule": rule, "epochs": 2, "batch_size": 32, "learning_rate": 0.05, "workers": 1,
-                       "checkpoint_every": 5, **trainer}}
-    if options is not None:
-        doc["trainer"][rule] = options
-    return parse_config(doc)
+GEOM = {"layer_shape": [24, 24], "n_layers": 2, "distance_m": 6e-3, "pitch_m": 0.4e-3}   # tiny_config's (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +97,7 @@ def _assert_mse_is_one_definition(cfg, model, batch, powers):
     assert loss_bp == pytest.approx(by_hand, rel=1e-5)
 
 
-def test_measured_loss_equals_the_trainers_loss(batch):
+def test_measured_loss_equals_the_trainers_loss(batch, tiny_config):
     cfg = tiny_config()
     model = D2NN(design_from_config(cfg))
     loss_bp, _ = autograd_gradient(model, cfg, *batch)
@@ -126,7 +116,7 @@ def test_measured_loss_equals_the_trainers_loss(batch):
     assert np.allclose(centered_ranks([2.0, 1.0, 2.0, 0.0]), [1 / 3, -1 / 6, 1 / 3, -0.5], rtol=0, atol=1e-15)
 
 
-def test_simulated_measure_reuses_the_first_hop_with_the_bits_of_the_whole_stack(batch):
+def test_simulated_measure_reuses_the_first_hop_with_the_bits_of_the_whole_stack(batch, tiny_config):
     from diffractive.simulate import input_fields
     from diffractive.stack import forward
 
@@ -167,7 +157,7 @@ def _custom_measure_module(tmp_path, monkeypatch):
     return importlib.import_module("fake_lab")
 
 
-def test_measure_hook_is_the_only_way_to_the_optics(tmp_path, monkeypatch, batch):
+def test_measure_hook_is_the_only_way_to_the_optics(tmp_path, monkeypatch, batch, tiny_config):
     lab = _custom_measure_module(tmp_path, monkeypatch)
     cfg = tiny_config("es", {"pairs": 3, "measure": "fake_lab:make"})
     model = D2NN(design_from_config(cfg))
@@ -183,7 +173,7 @@ def test_measure_hook_is_the_only_way_to_the_optics(tmp_path, monkeypatch, batch
 
 
 # ----------------------------------------------------------------------------- ES and SPSA
-def _theta_problem(batch, block):
+def _theta_problem(tiny_config, batch, block):
     cfg = tiny_config("es", {"block": block})
     model = D2NN(design_from_config(cfg))
     rule = make_rule(model, cfg, 10)
@@ -192,10 +182,10 @@ def _theta_problem(batch, block):
     return rule, rule.theta(), block_sum(g, block), (lambda th: rule.loss_of(th, x, y)[0])
 
 
-def test_es_estimate_aligns_with_the_gradient_more_with_larger_population(batch):
+def test_es_estimate_aligns_with_the_gradient_more_with_larger_population(batch, tiny_config):
     from training.rules.es import es_gradient
 
-    rule, theta, g_true, f = _theta_problem(batch, 2)
+    rule, theta, g_true, f = _theta_problem(tiny_config, batch, 2)
     cos = {}
     for pairs in (4, 48):
         for shaping in ("none", "centered_rank"):
@@ -207,10 +197,10 @@ def test_es_estimate_aligns_with_the_gradient_more_with_larger_population(batch)
         assert cos[48, shaping] > 0.25
 
 
-def test_spsa_mean_estimate_converges_to_the_gradient(batch):
+def test_spsa_mean_estimate_converges_to_the_gradient(batch, tiny_config):
     from training.rules.spsa import spsa_gradient
 
-    _, theta, g_true, f = _theta_problem(batch, 4)       # 72 parameters
+    _, theta, g_true, f = _theta_problem(tiny_config, batch, 4)       # 72 parameters
     few = spsa_gradient(f, theta, 0.01, (0, 1), averages=20)
     many = spsa_gradient(f, theta, 0.01, (0, 2), averages=1500)
     c_few, c_many = cosine(few, g_true), cosine(many, g_true)
@@ -221,7 +211,7 @@ def test_spsa_mean_estimate_converges_to_the_gradient(batch):
 
 # ----------------------------------------------------------------------------- GA
 @pytest.mark.parametrize("block", [1, 2])
-def test_ga_seed_replay_rebuilds_the_parameters_bit_for_bit(batch, block):
+def test_ga_seed_replay_rebuilds_the_parameters_bit_for_bit(batch, block, tiny_config):
     from training.rules.ga import replay
 
     cfg = tiny_config("ga", {"population": 6, "parents": 3, "sigma": 0.2, "block": block})
@@ -239,7 +229,7 @@ def test_ga_seed_replay_rebuilds_the_parameters_bit_for_bit(batch, block):
 
 
 # ----------------------------------------------------------------------------- DFA
-def test_dfa_with_the_true_adjoint_is_the_gradient_and_random_feedback_alignment_is_measured(batch):
+def test_dfa_with_the_true_adjoint_is_the_gradient_and_random_feedback_alignment_is_measured(batch, tiny_config):
     from training.rules.dfa import dfa_update
     from training.rules.fields import adjoint_fields, after_masks
 
@@ -277,7 +267,7 @@ def test_nhsic_is_one_on_itself_and_vanishes_for_permuted_labels():
     assert 0 <= perm[400] < 0.05 and perm[1600] < 0.4 * perm[400]
 
 
-def test_hsic_training_raises_every_layers_nhsic_with_the_labels(digits):
+def test_hsic_training_raises_every_layers_nhsic_with_the_labels(digits, tiny_config):
     (x, y), _, _ = digits
     cfg = tiny_config("hsic", {"last_layer": "hsic", "pool": 3}, learning_rate=0.1)
     model = D2NN(design_from_config(cfg))
@@ -294,7 +284,7 @@ def test_hsic_training_raises_every_layers_nhsic_with_the_labels(digits):
 
 
 # ----------------------------------------------------------------------------- PAT
-def test_pat_with_a_perfect_twin_is_backprop(batch):
+def test_pat_with_a_perfect_twin_is_backprop(batch, tiny_config):
     cfg_bp, cfg_pat = tiny_config(), tiny_config("pat", {})
     m_bp, m_pat = D2NN(design_from_config(cfg_bp)), D2NN(design_from_config(cfg_pat))
     assert torch.equal(m_bp.phase, m_pat.phase)
@@ -312,7 +302,7 @@ def test_pat_with_a_perfect_twin_is_backprop(batch):
     assert torch.allclose(m_pat.phase, m_bp.phase, atol=1e-5)
 
 
-def test_pat_forward_is_the_mismatched_physics_and_backward_the_twin(batch):
+def test_pat_forward_is_the_mismatched_physics_and_backward_the_twin(batch, tiny_config):
     from training.rules.pat import shift_map
 
     t = (np.arange(36, dtype=np.float32).reshape(6, 6) + 1).astype(np.complex64)
@@ -350,7 +340,7 @@ RULES = {  # options, trainer overrides: each learns well above chance in 6 epoc
 
 
 @pytest.mark.parametrize("rule", list(RULES))
-def test_rule_learns_but_stays_at_chance_on_shuffled_labels(rule, tmp_path, digits):
+def test_rule_learns_but_stays_at_chance_on_shuffled_labels(rule, tmp_path, digits, tiny_config):
     options, overrides = RULES[rule]
     results = {}
     for shuffle in (False, True):
@@ -368,7 +358,7 @@ def test_rule_learns_but_stays_at_chance_on_shuffled_labels(rule, tmp_path, digi
 
 
 @pytest.mark.parametrize("rule", ["es", "spsa", "ga"])
-def test_zeroth_order_rules_resume_exactly(rule, tmp_path, digits):
+def test_zeroth_order_rules_resume_exactly(rule, tmp_path, digits, tiny_config):
     options = {"es": {"pairs": 3}, "spsa": {}, "ga": {"population": 5, "parents": 2}}[rule]
     cfg = lambda: tiny_config(rule, options, epochs=2)  # noqa: E731
     full = Trainer(cfg(), tmp_path / "full", data=digits, log=lambda *a: None)

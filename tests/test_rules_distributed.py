@@ -12,8 +12,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from test_rules import tiny_config
-
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {"es": {"pairs": 3, "block": 2}, "ga": {"population": 5, "parents": 2, "sigma": 0.2},
          # raw losses: the update depends on every bit of every measured loss
@@ -26,8 +24,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _train(rule, steps=4):
-    """A few steps of ``rule`` on fixed batches; returns the phases and evaluation count."""
+def _train(cfg, steps=4):
+    """A few steps of the rule of config ``cfg`` on fixed batches; returns the phases and evaluation count."""
     from sklearn.datasets import load_digits
 
     from training.model import D2NN, design_from_config
@@ -35,7 +33,6 @@ def _train(rule, steps=4):
 
     d = load_digits()
     x, y = (d.images[:64] / 16).astype(np.float32), d.target[:64].astype(np.int64)
-    cfg = tiny_config(rule.split("-")[0], CASES[rule])
     model = D2NN(design_from_config(cfg))
     r = make_rule(model, cfg, 10)
     for s in range(steps):
@@ -44,11 +41,11 @@ def _train(rule, steps=4):
     return model.phase.detach().numpy().copy(), r.evaluations, r.comm.world
 
 
-def _worker(rank, world, port, rule, out_dir):
+def _worker(rank, world, port, rule, cfg, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        phase, evaluations, w = _train(rule)
+        phase, evaluations, w = _train(cfg)
         assert w == world
         np.save(os.path.join(out_dir, f"{rule}-w{world}-rank{rank}.npy"), phase)
         np.save(os.path.join(out_dir, f"{rule}-w{world}-evals{rank}.npy"), np.array(evaluations))
@@ -57,24 +54,26 @@ def _worker(rank, world, port, rule, out_dir):
 
 
 @pytest.mark.parametrize("rule", ["es", "ga"])
-def test_two_processes_give_the_parameters_of_one_process(rule, tmp_path):
-    single, evals, world = _train(rule)
+def test_two_processes_give_the_parameters_of_one_process(rule, tmp_path, tiny_config):
+    cfg = tiny_config(rule, CASES[rule])   # the spawned processes get the config as an argument
+    single, evals, world = _train(cfg)
     assert world == 1
-    mp.start_processes(_worker, args=(2, _free_port(), rule, str(tmp_path)), nprocs=2, start_method="spawn")
+    mp.start_processes(_worker, args=(2, _free_port(), rule, cfg, str(tmp_path)), nprocs=2, start_method="spawn")
     for rank in range(2):
         assert np.array_equal(np.load(tmp_path / f"{rule}-w2-rank{rank}.npy"), single), f"rank {rank} differs"
         assert int(np.load(tmp_path / f"{rule}-w2-evals{rank}.npy")) == evals
 
 
-def test_raw_losses_match_across_processes_under_the_estimate_planner(tmp_path, monkeypatch):
+def test_raw_losses_match_across_processes_under_the_estimate_planner(tmp_path, monkeypatch, tiny_config):
     """Centred ranks (above) absorb last-bit differences between FFTW plans; raw losses do not.
 
     With D2NN_FFTW_PLANNER=estimate every process plans alike, so a fresh one-process run and
     a two-process run end on the same bits (under the default "measure" they may not).
     """
     monkeypatch.setenv("D2NN_FFTW_PLANNER", "estimate")   # inherited by the spawned processes
+    cfg = tiny_config("es", CASES["es-raw"])
     for world in (1, 2):
-        mp.start_processes(_worker, args=(world, _free_port(), "es-raw", str(tmp_path)), nprocs=world,
+        mp.start_processes(_worker, args=(world, _free_port(), "es-raw", cfg, str(tmp_path)), nprocs=world,
                            start_method="spawn")
     single = np.load(tmp_path / "es-raw-w1-rank0.npy")
     for rank in range(2):

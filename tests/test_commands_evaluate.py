@@ -1,7 +1,7 @@
 """``d2nn measure-sim`` followed by ``d2nn evaluate``, end to end, on a small design.
 
 The design is trained, its provenance says, on scikit-learn's digits, which the real
-training.datasets serves offline (tests/test_measured_common.py): no downloaded data.
+training.datasets serves offline (the small_design fixture, tests/conftest.py): no downloaded data.
 """
 import json
 
@@ -12,11 +12,9 @@ from d2nn.cli import main
 from diffractive.design import save_design
 from diffractive.simulate import simulate
 
-from test_measured_common import design_images, small_design
-
 
 @pytest.fixture(scope="module")
-def design_dir(tmp_path_factory):
+def design_dir(tmp_path_factory, small_design):
     folder = tmp_path_factory.mktemp("design") / "small"
     save_design(small_design(), folder)
     return folder
@@ -41,20 +39,26 @@ def measure(capsys, design_dir, out, *extra, samples=30, fmt="csv"):
     return stdout
 
 
-def simulated(design_dir, inputs):
+@pytest.fixture
+def simulated(design_dir, design_images):
+    """``simulated(inputs)``: the simulation of the design in ``design_dir`` on the images
+    ``inputs`` of its test split."""
     from diffractive.design import load_design
 
-    design = load_design(design_dir)
-    images, _ = design_images(design, "test")
-    return simulate(design, images[np.asarray(inputs)])
+    def simulated(inputs):
+        design = load_design(design_dir)
+        images, _ = design_images(design, "test")
+        return simulate(design, images[np.asarray(inputs)])
+
+    return simulated
 
 
-def test_noiseless_detector_powers_give_exactly_the_simulated_predictions(capsys, design_dir, tmp_path):
+def test_noiseless_detector_powers_give_exactly_the_simulated_predictions(capsys, design_dir, tmp_path, simulated):
     out = tmp_path / "lab.csv"
     text = measure(capsys, design_dir, out)
     assert "wrote" in text and (tmp_path / "lab.csv.truth.json").exists()
     j = run_json(capsys, "evaluate", design_dir, "--measured", out)
-    sim = simulated(design_dir, j["inputs"])
+    sim = simulated(j["inputs"])
     assert j["predictions"] == sim.predictions.tolist()
     assert j["simulation"]["predictions"] == sim.predictions.tolist()
     assert j["simulation"]["same_prediction"]["rate"] == 1.0 and j["simulation"]["disagreements"] == []
@@ -66,11 +70,11 @@ def test_noiseless_detector_powers_give_exactly_the_simulated_predictions(capsys
     assert lo <= j["accuracy"] <= hi
 
 
-def test_noiseless_scans_give_exactly_the_simulated_predictions(capsys, design_dir, tmp_path):
+def test_noiseless_scans_give_exactly_the_simulated_predictions(capsys, design_dir, tmp_path, simulated):
     out = tmp_path / "scan.npz"
     measure(capsys, design_dir, out, fmt="scan", samples=20)
     j = run_json(capsys, "evaluate", design_dir, "--measured", out)
-    sim = simulated(design_dir, j["inputs"])
+    sim = simulated(j["inputs"])
     assert j["predictions"] == sim.predictions.tolist()
     assert np.hypot(*j["registration"]["offset_m"]) < 0.01 * 0.4e-3
     pod = np.array(j["power_on_detectors"]["per_sample"])
@@ -161,7 +165,8 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(capsys, design_
     assert not rep.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".rep")]
 
 
-def test_scan_with_wrong_pitch_and_design_with_other_detectors_are_refused(capsys, design_dir, tmp_path):
+def test_scan_with_wrong_pitch_and_design_with_other_detectors_are_refused(capsys, design_dir, tmp_path,
+                                                                            small_design):
     out = tmp_path / "scan.npz"
     measure(capsys, design_dir, out, fmt="scan", samples=4)
     with np.load(out) as z:

@@ -1,4 +1,5 @@
-"""Real mesh tools read an exported layer (slow; skipped with a message when the tools are absent).
+"""fabrication.validate: real mesh tools read an exported layer (slow; skipped with a message
+when the tools are absent).
 
 ``admesh`` (Debian package admesh, installed by scripts/setup.sh) and ``prusa-slicer
 --info`` (optional: apt-get install prusa-slicer, ~100 MB) both exit 0 even on broken
