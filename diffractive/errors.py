@@ -99,3 +99,9 @@ def field_errors(field: str):
                 msg = msg[len(lead) + 1:]
                 break
         raise FieldError(field, msg) from None
+
+
+class FabricationError(D2NNError):
+    """Bad input to the printed-plate model or to fabrication (material, heights, printer
+    settings, STL files): :mod:`diffractive.heights` and every module of ``fabrication``
+    raise it; ``d2nn export`` and ``simulate --from-stl`` report it as one line."""

@@ -33,9 +33,43 @@ import sys
 
 import numpy as np
 
-from .materials import FabricationError, _real, check_index, check_kappa
+from . import materials as _core
+from ._validate import finite_real
+from .errors import FabricationError, FieldError
 
 TWO_PI = 2.0 * math.pi
+
+
+# The material checks are the core's (diffractive.materials); here their FieldError is worded
+# as a FabricationError, what every caller of the plate model (and fabrication) catches.
+_WORDS = {"n": "refractive index n", "kappa": "extinction coefficient kappa"}
+
+
+def _real(name, value) -> float:
+    try:
+        return finite_real(name, value)
+    except (TypeError, ValueError) as e:
+        raise FabricationError(str(e)) from None
+
+
+def _worded(e: FieldError) -> str:
+    return f"{_WORDS.get(e.field, 'material ' + e.field)} {e.problem}"
+
+
+def check_index(n) -> float:
+    """Return ``n`` as float if it is a finite refractive index > 1, else raise :class:`FabricationError`."""
+    try:
+        return _core.check_index(n)
+    except FieldError as e:
+        raise FabricationError(_worded(e)) from None
+
+
+def check_kappa(kappa) -> float:
+    """Return ``kappa`` as float if it is a finite extinction coefficient >= 0, else raise :class:`FabricationError`."""
+    try:
+        return _core.check_kappa(kappa)
+    except FieldError as e:
+        raise FabricationError(_worded(e)) from None
 
 
 # --------------------------------------------------------------------------- array modules

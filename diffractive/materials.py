@@ -5,7 +5,7 @@ on the material's complex refractive index ``n + i*kappa`` at the design wavelen
 (:class:`Material`) and on how the printer builds it (:class:`Fabrication`: the solid base
 under the relief and the vertical step heights are quantised to). Both are part of a
 design (design.json fields ``material`` and ``fabrication``); the height <-> phase <->
-transmission maps that use them live in :mod:`fabrication.heights` for now.
+transmission maps that use them live in :mod:`diffractive.heights`.
 
 This module is the one home of the reference experiment's numbers, :data:`LIN2018`
 (Lin et al., "All-optical machine learning using diffractive deep neural networks",

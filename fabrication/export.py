@@ -22,7 +22,7 @@ import numpy as np
 from diffractive.design import write_json_atomic
 from diffractive.errors import OutputExists
 
-from .heights import base_steps, check_base, check_z_step, phase_period_m, phase_to_steps, relief_levels
+from diffractive.heights import base_steps, check_base, check_z_step, phase_period_m, phase_to_steps, relief_levels
 from .holder import HolderSpec, build_holder
 from .materials import FabricationError, Material, resolve_material
 from .mesh import height_field_mesh, write_stl

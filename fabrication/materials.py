@@ -20,51 +20,10 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from diffractive import materials as _core
 from diffractive._validate import finite_real
-from diffractive.errors import D2NNError, FieldError
+from diffractive.errors import FabricationError, FieldError  # noqa: F401  (FabricationError re-exported)
+from diffractive.heights import _real, _worded, check_index, check_kappa  # noqa: F401  (re-exported)
 from diffractive.materials import LIN2018, MATERIALS, Material  # noqa: F401  (re-exported)
-
-
-class FabricationError(D2NNError):
-    """Bad input to fabrication (material, heights, printer settings, STL files).
-
-    A :class:`~diffractive.errors.D2NNError` (so a :class:`ValueError`), which every
-    ``d2nn`` command (``export``, ``simulate --from-stl``) reports as one line.
-    """
-
-
-def _real(name, value) -> float:
-    try:
-        return finite_real(name, value)
-    except (TypeError, ValueError) as e:
-        raise FabricationError(str(e)) from None
-
-
-# The material model (Material, the n > 1 and kappa >= 0 checks, the table and the Lin 2018
-# defaults) lives in the physics core, diffractive/materials.py; fabrication re-exports it and
-# words the core's FieldError as a FabricationError for its own callers.
-_WORDS = {"n": "refractive index n", "kappa": "extinction coefficient kappa"}
-
-
-def _worded(e: FieldError) -> str:
-    return f"{_WORDS.get(e.field, 'material ' + e.field)} {e.problem}"
-
-
-def check_index(n) -> float:
-    """Return ``n`` as float if it is a finite refractive index > 1, else raise :class:`FabricationError`."""
-    try:
-        return _core.check_index(n)
-    except FieldError as e:
-        raise FabricationError(_worded(e)) from None
-
-
-def check_kappa(kappa) -> float:
-    """Return ``kappa`` as float if it is a finite extinction coefficient >= 0, else raise :class:`FabricationError`."""
-    try:
-        return _core.check_kappa(kappa)
-    except FieldError as e:
-        raise FabricationError(_worded(e)) from None
 
 
 _ALIASES = {"veroblackplus": "VeroBlackPlus RGD875", "rgd875": "VeroBlackPlus RGD875",

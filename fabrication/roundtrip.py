@@ -4,7 +4,7 @@
 builder): it takes the upward-facing triangles, finds for each pixel centre of the
 active area the triangle above it, and checks that the surface there is flat and lies on
 a whole printer layer. :func:`transmissions_from_stl` does this for every layer of an
-export and applies the material model (:func:`fabrication.heights.height_to_transmission`,
+export and applies the material model (:func:`diffractive.heights.height_to_transmission`,
 absorption included), so ``d2nn simulate --from-stl`` simulates the stack as printed.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .export import read_manifest
-from .heights import height_to_transmission
+from diffractive.heights import height_to_transmission
 from .materials import FabricationError, Material, material_from_dict
 from .mesh import read_stl_triangles, sha256_file
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .heights import phase_period_m
+from diffractive.heights import phase_period_m
 from .materials import FabricationError
 
 
