@@ -20,7 +20,7 @@ import sys
 
 from diffractive import __version__
 
-COMMANDS = ["train", "simulate", "export", "evaluate", "measure_sim"]
+COMMANDS = ["train", "simulate", "tolerance", "export", "evaluate", "measure_sim"]
 
 #: library parameter -> the option of a command that sets it (used to word OutputExists)
 _FLAGS = {"overwrite": "force", "force": "force", "resume": "resume"}
@@ -50,6 +50,7 @@ def _load_command(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``d2nn`` parser with one subparser per module in :data:`COMMANDS` (raises ImportError if one is missing)."""
     parser = _Parser(
         prog="d2nn",
         description="Terahertz diffractive deep neural networks: train a design, simulate it, export it "
@@ -70,6 +71,12 @@ def _message(e: BaseException, args) -> str:
 
 
 def main(argv=None) -> int:
+    """Run ``d2nn`` on ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    0 on success (and for ``--help``/``--version``), 2 for a bad option or a user error
+    (printed as one line, see the module docstring), 130 when interrupted; otherwise what
+    the command returns.
+    """
     from diffractive.errors import D2NNError  # noqa: PLC0415
 
     parser = build_parser()

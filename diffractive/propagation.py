@@ -96,13 +96,21 @@ def band_limit_frequencies(field_shape, window_shape, pitch_m, wavelength_m, dis
 
 
 def transfer_function(field_shape, window_shape, pitch_m, wavelength_m, distance_m, *,
-                      band_limit=True, dtype=np.complex128, xp=np, normalise=True, conjugate=False):
+                      band_limit=True, dtype=np.complex128, xp=np, normalise=True, conjugate=False,
+                      shift_xy_m=(0.0, 0.0)):
     """The angular-spectrum transfer function on the window's FFT frequency grid.
 
     Returns an array of shape ``window_shape`` in FFT order (zero frequency at [0, 0]),
     computed in float64 and cast to ``dtype``. With ``normalise`` it includes the
     ``1/(NY*NX)`` factor of the unnormalised inverse FFT used by
     :class:`~diffractive.convolution.Workspace`. ``conjugate`` gives the adjoint's ``conj(H)``.
+
+    ``shift_xy_m = (sx, sy)``: the destination grid sits displaced by ``(sx, sy)`` metres
+    from the source grid, and the hop returns the field sampled on it,
+    ``out(r) = u(r + s)``: ``H`` times ``exp(+i 2 pi (fx sx + fy sy))``. The propagated
+    field is band-limited, so this translation is exact for any (sub-pixel) ``s`` (a shift
+    of the kernel, not an interpolation of the field); it narrows the wrap-around margin
+    of the window on one side by ``|s|``.
     """
     NY, NX = window_shape
     fy = np.fft.fftfreq(NY, d=pitch_m)[:, None]
@@ -114,6 +122,9 @@ def transfer_function(field_shape, window_shape, pitch_m, wavelength_m, distance
     if band_limit:
         fy_max, fx_max = band_limit_frequencies(field_shape, window_shape, pitch_m, wavelength_m, distance_m)
         H = H * ((np.abs(fx) <= fx_max) & (np.abs(fy) <= fy_max))
+    sx, sy = (float(v) for v in shift_xy_m)
+    if sx or sy:
+        H = H * np.exp(2j * np.pi * (fx * sx + fy * sy))
     if normalise:
         H = H / (NY * NX)
     if conjugate:
@@ -192,6 +203,19 @@ def check_sampling(report: SamplingReport, check: str = "warn", context: str = "
         warnings.warn(msg, SamplingWarning, stacklevel=3)
 
 
+def check_hop_shifts(shifts_xy_m, n_hops: int) -> tuple:
+    """``()`` for no lateral hop shifts, else ``n_hops`` finite ``(sx, sy)`` pairs (metres) as a tuple."""
+    if shifts_xy_m is None or len(shifts_xy_m) == 0:
+        return ()
+    a = np.asarray(shifts_xy_m, dtype=np.float64)
+    if a.shape != (n_hops, 2) or not np.all(np.isfinite(a)):
+        raise D2NNError(f"shifts_xy_m must be {n_hops} finite (sx, sy) pairs in metres, one per hop, "
+                        f"got shape {a.shape}")
+    if not np.any(a):
+        return ()
+    return tuple((float(x), float(y)) for x, y in a)
+
+
 def complex_dtype_for(dtype) -> np.dtype:
     """complex64 for single precision inputs, complex128 otherwise."""
     dtype = np.dtype(dtype)
@@ -232,7 +256,7 @@ class Engine:
     """
 
     def __init__(self, field_shape, *, wavelength_m, pitch_m, distances_m, window_shape=None,
-                 band_limit=True, dtype=np.complex64, xp=np, check="warn"):
+                 band_limit=True, dtype=np.complex64, xp=np, check="warn", shifts_xy_m=()):
         self.field_shape = shape2("field shape", field_shape)
         self.wavelength_m = positive_finite("wavelength_m", wavelength_m)
         self.pitch_m = positive_finite("pitch_m", pitch_m)
@@ -245,6 +269,7 @@ class Engine:
             raise D2NNError(f"window_shape {list(self.window_shape)} must be at least the field shape "
                              f"{list(self.field_shape)}")
         self.band_limit = bool(band_limit)
+        self.shifts_xy_m = check_hop_shifts(shifts_xy_m, len(self.distances_m))
         self.dtype = np.dtype(dtype)
         self.xp = xp
         self.reports = [sampling_report(self.field_shape, self.window_shape, self.pitch_m, self.wavelength_m, z,
@@ -252,10 +277,39 @@ class Engine:
         for i, (r, z) in enumerate(zip(self.reports, self.distances_m)):
             where = f"propagating {z * 1e3:.4g} mm" if self.n_hops == 1 else f"hop {i} ({z * 1e3:.4g} mm)"
             check_sampling(r, check, context=where)
-        self.H = [transfer_function(self.field_shape, self.window_shape, self.pitch_m, self.wavelength_m, z,
-                                    band_limit=self.band_limit, dtype=self.dtype, xp=xp) for z in self.distances_m]
-        self.H_adjoint = [xp.conj(h) for h in self.H]
+        self._make_transfer_functions()
         self.pool = WorkspacePool(self.field_shape, self.window_shape, self.dtype, xp)
+
+    def _make_transfer_functions(self):
+        shifts = self.shifts_xy_m or ((0.0, 0.0),) * len(self.distances_m)
+        self.H = [transfer_function(self.field_shape, self.window_shape, self.pitch_m, self.wavelength_m, z,
+                                    band_limit=self.band_limit, dtype=self.dtype, xp=self.xp, shift_xy_m=s)
+                  for z, s in zip(self.distances_m, shifts)]
+        self.H_adjoint = [self.xp.conj(h) for h in self.H]
+
+    def retuned(self, *, wavelength_m=None, distances_m=None, shifts_xy_m=(), check="ignore") -> "Engine":
+        """A new engine with other hops (``distances_m``, ``shifts_xy_m``: each hop's lateral
+        offset of its destination grid, see :func:`transfer_function`) or another wavelength,
+        on the same grid, window and precision, **sharing this engine's FFT workspaces**.
+
+        The as-built model draws a new stack (gaps, source wavelength) for every batch; only
+        the transfer functions change, so the FFTW plans and aligned buffers are kept. The
+        two engines must not run at the same time (they share per-thread buffers).
+        """
+        eng = Engine.__new__(Engine)
+        eng.__dict__.update(self.__dict__)
+        eng.wavelength_m = self.wavelength_m if wavelength_m is None else positive_finite("wavelength_m", wavelength_m)
+        if distances_m is not None:
+            eng.distances_m = tuple(finite_real(f"distances_m[{i}]", z) for i, z in enumerate(distances_m))
+            if not eng.distances_m:
+                raise D2NNError("distances_m must hold at least one distance")
+        eng.shifts_xy_m = check_hop_shifts(shifts_xy_m, len(eng.distances_m))
+        eng.reports = [sampling_report(eng.field_shape, eng.window_shape, eng.pitch_m, eng.wavelength_m, z,
+                                       eng.band_limit) for z in eng.distances_m]
+        for i, (r, z) in enumerate(zip(eng.reports, eng.distances_m)):
+            check_sampling(r, check, context=f"hop {i} ({z * 1e3:.4g} mm)")
+        eng._make_transfer_functions()
+        return eng
 
     @property
     def n_hops(self) -> int:
@@ -264,10 +318,10 @@ class Engine:
 
     @property
     def key(self) -> tuple:
-        """``(field_shape, wavelength_m, pitch_m, distances_m, window_shape, band_limit)``:
+        """``(field_shape, wavelength_m, pitch_m, distances_m, window_shape, band_limit, shifts_xy_m)``:
         engines with equal keys compute the same hops."""
         return (self.field_shape, self.wavelength_m, self.pitch_m, self.distances_m, self.window_shape,
-                self.band_limit)
+                self.band_limit, self.shifts_xy_m)
 
     # -- the dispatch ----------------------------------------------------------------
     def _dispatch(self, step, batch: int, workers=None, state=None) -> list:
@@ -411,7 +465,7 @@ class Engine:
 # L + 1 of them) do not evict the few stack engines, which hold L + 1 transfer functions each.
 @functools.lru_cache(maxsize=32)
 def _single_hop_engines(key, dtype, xp):
-    shape, wavelength_m, pitch_m, distances_m, window, band_limit = key
+    shape, wavelength_m, pitch_m, distances_m, window, band_limit, _ = key
     return Engine(shape, wavelength_m=wavelength_m, pitch_m=pitch_m, distances_m=distances_m, window_shape=window,
                   band_limit=band_limit, dtype=dtype, xp=xp, check="ignore")
 
@@ -431,7 +485,7 @@ def shared_engine(field_shape, *, wavelength_m, pitch_m, distances_m, window_sha
     shape = shape2("field shape", field_shape)
     window = default_window(shape) if window_shape is None else shape2("window_shape", window_shape)
     key = (shape, float(wavelength_m), float(pitch_m), tuple(float(z) for z in distances_m), window,
-           bool(band_limit))
+           bool(band_limit), ())
     cache = _single_hop_engines if len(key[3]) == 1 else _chain_engines
     return cache(key, np.dtype(dtype), xp)
 

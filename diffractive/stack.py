@@ -39,7 +39,7 @@ from ._validate import positive_finite, shape2
 from .backend import get_array_module
 from .errors import D2NNError, FieldError, field_errors
 from .grid import Grid
-from .propagation import Engine, check_sampling, default_window, sampling_report
+from .propagation import Engine, check_hop_shifts, check_sampling, default_window, sampling_report
 from .propagation import shared_engine as _shared_engine  # stack.shared_engine takes a geometry
 
 
@@ -53,6 +53,7 @@ class StackGeometry:
     distances_m: tuple[float, ...]
     window_shape: tuple[int, int] | None = None
     band_limit: bool = True
+    hop_shifts_xy_m: tuple = ()
 
     def __post_init__(self):
         # each check names its field (FieldError, a ValueError), so a design file's reader can say which
@@ -76,6 +77,8 @@ class StackGeometry:
         if w[0] < self.layer_shape[0] or w[1] < self.layer_shape[1]:
             raise FieldError("window_shape", f"{list(w)} must be at least layer_shape {list(self.layer_shape)}")
         object.__setattr__(self, "window_shape", w)
+        with field_errors("hop_shifts_xy_m"):
+            object.__setattr__(self, "hop_shifts_xy_m", check_hop_shifts(self.hop_shifts_xy_m, len(d)))
 
     @property
     def n_layers(self) -> int:
@@ -101,6 +104,8 @@ def shared_engine(geometry: StackGeometry, dtype=np.complex64, xp=np) -> Engine:
     (``n_layers + 1`` hops; transfer functions computed once, kept until
     :func:`diffractive.clear_caches`). ``dtype``: complex64 or complex128."""
     g = geometry
+    if g.hop_shifts_xy_m:
+        return new_engine(geometry, dtype, xp)  # as-built stacks (shifted hops) are drawn anew: not cached
     return _shared_engine(g.layer_shape, wavelength_m=g.wavelength_m, pitch_m=g.pitch_m, distances_m=g.distances_m,
                           window_shape=g.window_shape, band_limit=g.band_limit, dtype=dtype, xp=xp)
 
@@ -110,14 +115,16 @@ def new_engine(geometry: StackGeometry, dtype=np.complex64, xp=np) -> Engine:
     (not cached: its memory goes when the caller drops it). Pass it as ``engine=``."""
     g = geometry
     return Engine(g.layer_shape, wavelength_m=g.wavelength_m, pitch_m=g.pitch_m, distances_m=g.distances_m,
-                  window_shape=g.window_shape, band_limit=g.band_limit, dtype=dtype, xp=xp, check="ignore")
+                  window_shape=g.window_shape, band_limit=g.band_limit, dtype=dtype, xp=xp, check="ignore",
+                  shifts_xy_m=g.hop_shifts_xy_m)
 
 
 def _engine_for(geometry: StackGeometry, engine: Engine | None, dtype, xp) -> Engine:
     if engine is None:
         return shared_engine(geometry, dtype, xp)
     g = geometry
-    if engine.key != (g.layer_shape, g.wavelength_m, g.pitch_m, g.distances_m, g.window_shape, g.band_limit):
+    if engine.key != (g.layer_shape, g.wavelength_m, g.pitch_m, g.distances_m, g.window_shape, g.band_limit,
+                      g.hop_shifts_xy_m):
         raise D2NNError("engine was made for another geometry than the one given")
     if engine.dtype != np.dtype(dtype) or engine.xp is not xp:
         raise D2NNError(f"engine runs {engine.dtype} on {engine.xp.__name__}, the arrays are {np.dtype(dtype)} "

@@ -40,18 +40,28 @@ CONVENTION = ("heights h = base + wrap(phi)/(2 pi) * lambda/(n-1), rounded to wh
 
 
 def layer_filename(index: int, n_layers: int) -> str:
+    """STL file name of layer ``index`` (1-based) of ``n_layers``: ``layer_01.stl``, zero-padded to
+    at least two digits (more when ``n_layers`` needs them)."""
     return f"layer_{index:0{max(2, len(str(n_layers)))}d}.stl"
 
 
 @dataclass
 class ExportResult:
+    """What :func:`export_design` wrote: the folder ``out_dir``, the ``manifest`` (the dict
+    written to manifest.json; lengths in mm) and the ``warnings`` (strings, also in the manifest)."""
+
     out_dir: Path
     manifest: dict
     warnings: list = field(default_factory=list)
 
 
 def fabrication_settings(design, *, material: Material | None = None, z_step_m=None, base_m=None):
-    """(material, z step, base) for an export: the arguments, else the design's values."""
+    """(material, z step, base) for an export: the arguments, else the design's values.
+
+    ``z_step_m`` (printer layer thickness) and ``base_m`` (base under the relief) are in
+    metres; ``None`` takes the design's ``fabrication`` values, ``material`` ``None`` the
+    design's material. Returns (:class:`Material`, z step in m, base in m), validated.
+    """
     mat = material if material is not None else resolve_material(design.material)
     z = check_z_step(design.fabrication.z_step_m if z_step_m is None else z_step_m)
     b = check_base(design.fabrication.base_m if base_m is None else base_m)
@@ -90,7 +100,13 @@ def _publish(staging: Path, out: Path, new_files: list[str]):
 
 @dataclass
 class ExportPlan:
-    """Everything decided before any file is written (see :func:`plan_export`)."""
+    """Everything decided before any file is written (see :func:`plan_export`).
+
+    ``z_step_m`` and ``base_m`` in metres (the base as requested; ``base_levels`` is what is
+    printed); ``frame_level`` the frame height in printer layers; ``levels`` (L, ny, nx)
+    int32 pixel heights in printer layers; ``layouts`` one :class:`~.plate.PlateLayout` per
+    layer (mm); ``printability`` a :class:`~.validate.Printability`; ``warnings`` strings.
+    """
 
     material: Material
     z_step_m: float
@@ -106,7 +122,12 @@ class ExportPlan:
 
 def plan_export(design, *, material: Material | None = None, z_step_m=None, base_m=None,
                 plate: PlateSpec | None = None, printer: PrinterSpec | None = None) -> ExportPlan:
-    """Validate the settings and compute heights, plate layouts and printability (no files)."""
+    """Validate the settings and compute heights, plate layouts and printability (no files).
+
+    ``z_step_m`` and ``base_m`` in metres (``None``: the design's); ``plate`` (frame
+    geometry, mm) and ``printer`` default to :class:`PlateSpec` and :class:`PrinterSpec`.
+    Raises :class:`FabricationError` when the base or the frame cannot be printed.
+    """
     mat, z, b = fabrication_settings(design, material=material, z_step_m=z_step_m, base_m=base_m)
     plate = plate or PlateSpec()
     lam = float(design.wavelength_m)
@@ -143,12 +164,19 @@ def plan_export(design, *, material: Material | None = None, z_step_m=None, base
 
 def export_design(design, out_dir, *, material: Material | None = None, z_step_m=None, base_m=None,
                   plate: PlateSpec | None = None, holder: HolderSpec | None = None, printer: PrinterSpec | None = None,
-                  force: bool = False, verify="auto", progress=None, design_path=None) -> ExportResult:
-    """Write the STL files and the manifest for ``design`` into ``out_dir``.
+                  force: bool = False, verify="auto", progress=None, design_path=None,
+                  tolerance: dict | None = None) -> ExportResult:
+    """Write the STL files and the manifest for ``design`` into ``out_dir``; returns an :class:`ExportResult`.
 
-    ``verify``: True checks every layer mesh (closed, consistently wound, no duplicate or
+    ``material``, ``z_step_m``, ``base_m`` (metres), ``plate``, ``printer`` as for
+    :func:`plan_export`; ``holder`` the holder geometry (:class:`HolderSpec`, mm). STL
+    coordinates are millimetres. ``force`` replaces an earlier export in a non-empty
+    ``out_dir`` (else :class:`~diffractive.errors.OutputExists`). ``design_path`` is recorded in
+    the manifest. ``verify``: True checks every layer mesh (closed, consistently wound, no duplicate or
     degenerate faces) before writing it; "auto" does so for meshes up to
     ``VERIFY_AUTO_MAX_FACES`` faces. ``progress(message)`` is called as work proceeds.
+    ``tolerance``: the design's tolerance summary (:func:`diffractive.tolerance.read_summary`),
+    written into the manifest so that whoever assembles the stack knows how precise to be.
     """
     t_start = time.perf_counter()
     say = progress or (lambda msg: None)
@@ -230,6 +258,8 @@ def export_design(design, out_dir, *, material: Material | None = None, z_step_m
             "holder": {"file": "holder.stl", "faces": int(len(hres.faces)), "volume_mm3": vol_h, "sha256": sha_h,
                        **hres.info},
             "printability": {"numbers": report.numbers, "warnings": report.warnings},
+            "tolerance": tolerance if tolerance is not None else {
+                "computed": False, "how": "d2nn tolerance DESIGN --dataset NAME --report DESIGN/tolerance"},
             "warnings": warnings,
             "seconds": round(time.perf_counter() - t_start, 3),
         }
@@ -251,7 +281,10 @@ def _generator() -> str:
 
 
 def read_manifest(stl_dir) -> dict:
-    """The export's manifest.json (raises :class:`FabricationError` naming the problem)."""
+    """The manifest.json of the export in folder ``stl_dir``, as a dict (lengths in mm).
+
+    Raises :class:`FabricationError` naming the problem (missing, not JSON, wrong schema or units).
+    """
     path = Path(stl_dir) / MANIFEST
     if not path.is_file():
         raise FabricationError(f"{path}: missing (is {stl_dir} a 'd2nn export' directory?)")

@@ -104,6 +104,27 @@ class TrainerConfig:
 
 
 @dataclass
+class RobustnessConfig:
+    """``[robustness]``: train through a fresh as-built stack every batch (training/robust.py)."""
+
+    budget: typing.Optional[str] = None       # a shipped budget name ("holder", "hand") or a TOML file
+    oversample: int = 1                       # simulation cells per printed pixel (exact sub-pixel errors)
+    seed: typing.Optional[int] = None         # seed of the draws (default trainer.seed)
+
+    def load_budget(self, cfg):
+        """The :class:`~diffractive.budget.ErrorBudget` named (a path is relative to the config file)."""
+        from diffractive.budget import budget_names, load_budget  # noqa: PLC0415
+
+        if self.budget is None:
+            return None
+        name = self.budget if self.budget in budget_names() else str(cfg.resolve_path(self.budget))
+        try:
+            return load_budget(name)
+        except D2NNError as e:
+            raise ConfigError(f"{cfg.source} [robustness] budget: {e}") from None
+
+
+@dataclass
 class Config:
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
     input: InputConfig = field(default_factory=InputConfig)
@@ -113,6 +134,7 @@ class Config:
     fabrication: FabricationConfig = field(default_factory=FabricationConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     name: str = "d2nn"
     source: str = "<defaults>"
 
@@ -186,7 +208,7 @@ def parse_config(doc: dict, source: str = "<config>") -> Config:
     """Validate a parsed TOML document into a :class:`Config`."""
     sections = {"geometry": GeometryConfig, "input": InputConfig, "detectors": DetectorConfig,
                 "model": ModelConfig, "material": MaterialConfig, "fabrication": FabricationConfig,
-                "data": DataConfig, "trainer": TrainerConfig}
+                "data": DataConfig, "trainer": TrainerConfig, "robustness": RobustnessConfig}
     kwargs = {}
     for key, value in doc.items():
         if key == "name":
@@ -237,6 +259,13 @@ def parse_config(doc: dict, source: str = "<config>") -> Config:
         Material(cfg.material.name, cfg.material.n, cfg.material.kappa)
     except FieldError as e:
         raise ConfigError(f"{source} [material]: '{e.field}' {e.problem}") from None
+    from diffractive.asbuilt import check_oversample  # noqa: PLC0415
+
+    try:
+        check_oversample(cfg.robustness.oversample)
+    except FieldError as e:
+        raise ConfigError(f"{source} [robustness]: '{e.field}' {e.problem}") from None
+    cfg.robustness.load_budget(cfg)  # a bad budget fails here, naming the config and the budget file
     return cfg
 
 

@@ -35,6 +35,7 @@ from .config import Config
 from .datasets import check_classes, split_provenance
 from .model import D2NN, design_from_config, detector_loss
 from .rules.common import lr_factor
+from .robust import vaccination_from_config
 from .rules.distributed import is_writer
 
 
@@ -55,10 +56,20 @@ class BackpropRule:
         # the one schedule every rule follows (training.rules.common.lr_factor)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(t, steps_per_epoch))
         self.evaluations = 0  # single-image forward simulations so far (rules that subclass count theirs)
+        # [robustness]: every step through a fresh as-built stack (None: the ideal stack)
+        self.vaccination = vaccination_from_config(model.design, cfg)
+
+    def powers(self, images):
+        """``(detector powers, intensity)`` of this step's forward pass: the ideal stack, or
+        with ``[robustness]`` a stack drawn for this step (the scheduler counts the steps, so
+        a resumed run draws the same stacks)."""
+        if self.vaccination is not None:
+            return self.vaccination.powers(self.model, images, self.scheduler.last_epoch)
+        intensity = self.model(images)
+        return self.model.readout(intensity), intensity
 
     def loss(self, images, labels):
-        intensity = self.model(images)
-        powers = self.model.readout(intensity)
+        powers, intensity = self.powers(images)
         return detector_loss(powers, intensity, labels, self.model.score_matrix, self.cfg.trainer.loss,
                              self.cfg.trainer.temperature)
 

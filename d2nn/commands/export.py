@@ -8,6 +8,7 @@ from .units import length_m
 
 
 def register(sub):
+    """Add the ``export`` subcommand to ``sub`` (the ``d2nn`` subparsers); its ``func`` is :func:`run`."""
     p = sub.add_parser(
         "export", help="write printable STL files (layers, holder) for a design",
         description="Turn a design's phase maps into printed heights (material index and absorption, printer z "
@@ -35,12 +36,19 @@ def register(sub):
     g.add_argument("--verify", choices=["auto", "yes", "no"], default="auto",
                    help="check each layer mesh is closed and consistently wound before writing it "
                         "(auto: meshes up to 5 million faces)")
+    p.add_argument("--tolerance", metavar="JSON", default=None,
+                   help="tolerance.json of 'd2nn tolerance --report' to copy into manifest.json (default: "
+                        "DESIGN/tolerance/tolerance.json if it exists)")
     p.add_argument("--force", action="store_true", help="replace an existing export in a non-empty DIR")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    """Run ``d2nn export`` with the parsed ``args``; returns the exit code (0).
+
+    Length options arrive in metres (:data:`.units.length_m`); ``--margin`` is passed on in mm.
+    """
     from diffractive.design import load_design  # noqa: PLC0415
     from fabrication.export import export_design  # noqa: PLC0415
     from fabrication.materials import resolve_material  # noqa: PLC0415
@@ -56,16 +64,29 @@ def run(args) -> int:
         raise UserError(f"--xy-resolution must be positive, got {args.xy_resolution:g} m")
     printer = PrinterSpec() if args.xy_resolution is None else PrinterSpec(xy_resolution_m=args.xy_resolution)
     say = None if args.quiet else (lambda msg: print(f"export: {msg}", file=sys.stderr, flush=True))
+    from pathlib import Path  # noqa: PLC0415
+
+    from diffractive.tolerance import DESIGN_REPORT, read_summary  # noqa: PLC0415
+
+    tolerance_file = args.tolerance or (Path(args.design) / DESIGN_REPORT)
+    tolerance = None
+    if args.tolerance is not None or Path(tolerance_file).is_file():
+        tolerance = read_summary(tolerance_file)
     res = export_design(design, args.out, material=material, z_step_m=args.z_step, base_m=args.base,
                         plate=PlateSpec(margin_mm=args.margin * 1e3), printer=printer, force=args.force,
                         verify={"auto": "auto", "yes": True, "no": False}[args.verify], progress=say,
-                        design_path=args.design)
+                        design_path=args.design, tolerance=tolerance)
     man = res.manifest
     x0, x1, y0, y1 = man["plate"]["outer_mm"]
     print(f"{args.design} -> {res.out_dir}: {man['design']['n_layers']} layers + holder (millimetres)")
     print(f"  material {man['material']['name']}: n = {man['material']['n']}, kappa = {man['material']['kappa']}")
     print(f"  z step {man['z_step_mm']:g} mm, base {man['base_mm']:g} mm, plates {x1 - x0:g} x {y1 - y0:g} x "
           f"{man['plate']['frame_thickness_mm']:g} mm, {sum(e['faces'] for e in man['layers']):,} faces in all")
+    if tolerance is not None and "expected_accuracy" in tolerance:
+        print(f"  as built under budget '{tolerance['budget']}': {100 * tolerance['expected_accuracy']:.1f} % expected, "
+              f"5th percentile {100 * tolerance['p5_accuracy']:.1f} % (tolerances in manifest.json)")
+    elif tolerance is None:
+        print("  no tolerance analysis found: run 'd2nn tolerance' to know how precisely to assemble the stack")
     if res.warnings:
         print(f"{len(res.warnings)} warning(s), also in manifest.json", file=sys.stderr)
     return 0

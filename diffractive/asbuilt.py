@@ -1,0 +1,506 @@
+r"""The stack as built: one model of how a printed, assembled stack deviates from its design.
+
+A design says where every plate sits and what every pixel's phase is. The stack on the
+bench differs: plates sit off-axis, rotated and at the wrong gap; the printer quantises
+heights, prints them a few percent too thick and gets some pixels wrong; the resin's index
+and the source's frequency are known to a percent; the object and the detector plane are
+placed by hand. :class:`AsBuilt` is one such realisation (all zero: as designed) and
+:func:`build` turns a design and a realisation into a :class:`BuiltStack` that the NumPy /
+CuPy simulation (:func:`simulate_built`), synthetic lab data, tolerance analysis and the
+differentiable torch path of robust training (``training/robust.py``) all run. Error
+budgets (distributions of these errors) are :mod:`diffractive.budgets`.
+
+Model
+-----
+* **Printed heights** (:mod:`diffractive.heights`, the same code ``d2nn export`` prints
+  with): ``h = base + wrap(phi)/(2 pi) * lambda/(n - 1)``, quantised to the printer step if
+  ``z_step_m`` is set, times ``1 + thickness_error``; a fraction ``defect_fraction`` of the
+  printed pixels (drawn from ``defect_seed``) get a uniformly random height in
+  ``[base, base + lambda/(n - 1))`` instead (the optical version of dropout). Designs with
+  complex modulation keep their designed amplitudes.
+* **Material and source**: the transmission ``exp(i 2 pi (n' - 1) h / lambda')`` with
+  ``n' = n (1 + index_error)``, ``lambda' = lambda (1 + wavelength_error)``, and, with
+  ``absorption``, the loss ``exp(-2 pi kappa' h / lambda')``, ``kappa' = kappa (1 +
+  kappa_error)``. Without absorption and without errors the printed layer is the designed
+  ``exp(i phi)`` up to a global phase (``2 pi (n - 1) base / lambda``), so the simulation
+  equals :func:`diffractive.simulate.simulate` to rounding. The detuned wavelength also
+  propagates between the plates.
+* **Placement** of each layer, of the input object and of the detector plane: a plate
+  displaced by ``d`` and rotated by ``theta`` (counter-clockwise in the x-y frame of
+  :mod:`diffractive.grid`, about the optical axis) has transmission
+  ``t'(r) = t(R(-theta) (r - d))``; the object may also be scaled (``r = s R p + d``).
+  Uncovered cells are opaque, as outside every layer (the opaque-aperture model of
+  :mod:`diffractive.stack`). Gaps: ``distances_m[i] + gap_errors_m[i]``.
+
+Oversampling
+------------
+A printed pixel is a flat-topped cell. With ``oversample = k`` each printed pixel is k x k
+simulation cells (pitch / k, window k times larger), and a placed plate is *point-sampled*
+at the centre of each fine cell: the fine cell takes the value of the printed pixel under
+its centre. A shift by a multiple of ``pitch / k`` is then an exact roll of the
+piecewise-constant print; other shifts are rounded to the nearest ``pitch / k`` (an error
+of at most ``pitch / (2 k)``), and rotations are resampled on the fine grid the same way.
+Interpolating the complex transmission instead would average random phasors into an
+absorption that the print does not have, so it is not offered. The input object is the
+design's input field on the design grid (the mask a lab cuts has the design's pixels),
+placed the same way; detector masks are area-weighted on the fine grid (exact for
+axis-aligned detectors) and then placed. Detector powers are divided by ``k**2``, so they
+are in the same units at every ``k``.
+
+Not modelled: plate tilt (a tilted thin plate is not a thin element on a plane; a
+first-order model would need a multi-slice propagation that this code does not have),
+reflections between plates, and a wavelength dependence of ``n`` (``index_error`` and
+``wavelength_error`` are independent).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import heights as _heights
+from ._validate import finite_real, non_negative_finite
+from .backend import get_array_module, resolve_backend, to_numpy
+from .detectors import class_scores, detector_masks
+from .errors import D2NNError, FieldError, field_errors
+from .grid import Grid
+from .stack import StackGeometry, forward, new_engine
+
+#: The largest oversampling factor accepted (a Lin-size stack at k = 8 needs 3200 x 3200 FFTs).
+MAX_OVERSAMPLE = 8
+
+
+def check_oversample(oversample) -> int:
+    """Return ``oversample`` as an int in [1, :data:`MAX_OVERSAMPLE`], else raise :class:`FieldError`."""
+    if isinstance(oversample, bool) or not isinstance(oversample, (int, np.integer)) or not (
+            1 <= oversample <= MAX_OVERSAMPLE):
+        raise FieldError("oversample", f"must be a whole number from 1 to {MAX_OVERSAMPLE} (simulation cells per "
+                                       f"printed pixel along each axis), got {oversample!r}")
+    return int(oversample)
+
+
+def _pairs(name, value, n):
+    if value is None or (hasattr(value, "__len__") and len(value) == 0):
+        return ()
+    a = np.asarray(value, dtype=np.float64)
+    if a.shape != (n, 2) or not np.all(np.isfinite(a)):
+        raise FieldError(name, f"must be {n} finite (x, y) pairs in metres, got {np.asarray(value).tolist()!r}")
+    return tuple((float(x), float(y)) for x, y in a)
+
+
+def _values(name, value, n):
+    if value is None or (hasattr(value, "__len__") and len(value) == 0):
+        return ()
+    a = np.asarray(value, dtype=np.float64)
+    if a.shape != (n,) or not np.all(np.isfinite(a)):
+        raise FieldError(name, f"must be {n} finite numbers, got {np.asarray(value).tolist()!r}")
+    return tuple(float(v) for v in a)
+
+
+def _pair(name, value):
+    with field_errors(name):
+        try:
+            x, y = value
+        except (TypeError, ValueError):
+            raise FieldError(name, f"must be a pair (x, y) in metres, got {value!r}") from None
+        return finite_real(name, x), finite_real(name, y)
+
+
+@dataclass(frozen=True)
+class AsBuilt:
+    """One realisation of a built stack's deviations from its design (metres, radians, fractions).
+
+    Per layer: ``layer_offsets_xy_m`` (L pairs (dx, dy)), ``layer_rotations_rad`` (L);
+    per gap: ``gap_errors_m`` (L + 1, added to ``distances_m``); empty tuples mean none.
+    Printing: ``thickness_error`` (heights times ``1 + e``), ``z_step_m`` (quantisation,
+    ``None``: continuous), ``defect_fraction`` in [0, 1) with ``defect_seed``. Material
+    and source: ``index_error``, ``kappa_error``, ``wavelength_error`` (relative),
+    ``absorption`` (apply the material's kappa at all). Input object:
+    ``input_offset_xy_m``, ``input_scale_error`` (object scaled by ``1 + e``). Detector
+    plane: ``detector_offset_xy_m``, ``detector_rotation_rad``. See the module docstring
+    for the model. Lengths of the per-layer tuples are checked against the design in
+    :func:`build`.
+    """
+
+    layer_offsets_xy_m: tuple = ()
+    layer_rotations_rad: tuple = ()
+    gap_errors_m: tuple = ()
+    thickness_error: float = 0.0
+    z_step_m: float | None = None
+    defect_fraction: float = 0.0
+    defect_seed: int = 0
+    index_error: float = 0.0
+    kappa_error: float = 0.0
+    absorption: bool = False
+    wavelength_error: float = 0.0
+    input_offset_xy_m: tuple = (0.0, 0.0)
+    input_scale_error: float = 0.0
+    detector_offset_xy_m: tuple = (0.0, 0.0)
+    detector_rotation_rad: float = 0.0
+
+    def __post_init__(self):
+        for name in ("layer_offsets_xy_m",):
+            v = getattr(self, name)
+            object.__setattr__(self, name, _pairs(name, v, len(v) if hasattr(v, "__len__") else -1))
+        for name in ("layer_rotations_rad", "gap_errors_m"):
+            v = getattr(self, name)
+            object.__setattr__(self, name, _values(name, v, len(v) if hasattr(v, "__len__") else -1))
+        for name in ("thickness_error", "index_error", "kappa_error", "wavelength_error", "input_scale_error",
+                     "detector_rotation_rad"):
+            with field_errors(name):
+                object.__setattr__(self, name, finite_real(name, getattr(self, name)))
+        for name, lo in (("thickness_error", -1), ("index_error", -1), ("kappa_error", -1),
+                         ("wavelength_error", -1), ("input_scale_error", -1)):
+            if getattr(self, name) <= lo:
+                raise FieldError(name, f"must be greater than {lo} (a relative error), got {getattr(self, name)!r}")
+        if self.z_step_m is not None:
+            with field_errors("z_step_m"):
+                object.__setattr__(self, "z_step_m", _heights.check_z_step(self.z_step_m))
+        with field_errors("defect_fraction"):
+            f = non_negative_finite("defect_fraction", self.defect_fraction)
+        if f >= 1:
+            raise FieldError("defect_fraction", f"must be below 1, got {f!r}")
+        object.__setattr__(self, "defect_fraction", f)
+        if isinstance(self.defect_seed, bool) or not isinstance(self.defect_seed, (int, np.integer)):
+            raise FieldError("defect_seed", f"must be an integer, got {self.defect_seed!r}")
+        object.__setattr__(self, "defect_seed", int(self.defect_seed))
+        if not isinstance(self.absorption, (bool, np.bool_)):
+            raise FieldError("absorption", f"must be true or false, got {self.absorption!r}")
+        object.__setattr__(self, "absorption", bool(self.absorption))
+        object.__setattr__(self, "input_offset_xy_m", _pair("input_offset_xy_m", self.input_offset_xy_m))
+        object.__setattr__(self, "detector_offset_xy_m", _pair("detector_offset_xy_m", self.detector_offset_xy_m))
+
+    @property
+    def is_ideal(self) -> bool:
+        """True when nothing deviates from the design (the as-built stack is the designed one)."""
+        return self == AsBuilt()
+
+    def to_json(self) -> dict:
+        """Every field, JSON-ready (a synthetic measurement's or a tolerance draw's record)."""
+        out = dataclasses.asdict(self)
+        for k, v in out.items():
+            if isinstance(v, tuple):
+                out[k] = [list(p) if isinstance(p, tuple) else p for p in v]
+        return out
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "AsBuilt":
+        """Inverse of :meth:`to_json`; unknown keys raise :class:`FieldError` naming them."""
+        if not isinstance(doc, dict):
+            raise D2NNError(f"an as-built record must be a JSON object, got {type(doc).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(doc) - names)
+        if unknown:
+            raise FieldError(unknown[0], f"is not an as-built field (known: {', '.join(sorted(names))})")
+        return cls(**doc)
+
+
+# --------------------------------------------------------------------------- placement
+def placement(shape_yx, upsample: int = 1, offset_xy_px=(0.0, 0.0), rotation_rad: float = 0.0,
+              scale: float = 1.0):
+    """Where each cell of a placed, ``upsample``-times finer grid takes its value from.
+
+    The source is a map of ``shape_yx = (ny, nx)`` pixels; the target grid covers the same
+    area with ``(ny * upsample, nx * upsample)`` cells. The map is moved by
+    ``offset_xy_px`` (source pixels, (x, y)), rotated by ``rotation_rad`` counter-clockwise
+    about the grid centre and scaled by ``scale``: target point ``r = scale R p + d``. Each
+    target cell takes the source pixel under its centre (point sampling of a
+    piecewise-constant map; exact for offsets that are multiples of ``1 / upsample``).
+
+    Returns ``None`` when the placement is the identity at ``upsample = 1``, else
+    ``(index, valid)``: ``index`` (ny*k * nx*k,) int64 flat indices into the source,
+    ``valid`` (same shape) bool, False where the cell's centre falls outside the source.
+    """
+    ny, nx = (int(v) for v in shape_yx)
+    k = int(upsample)
+    dx, dy = (float(v) for v in offset_xy_px)
+    if k == 1 and dx == 0 and dy == 0 and rotation_rad == 0 and scale == 1:
+        return None
+    ay = (np.arange(ny * k) + 0.5) / k - ny / 2 - dy
+    ax = (np.arange(nx * k) + 0.5) / k - nx / 2 - dx
+    Y, X = np.meshgrid(ay, ax, indexing="ij")
+    c, s = math.cos(rotation_rad), math.sin(rotation_rad)
+    u = (c * X + s * Y) / scale + nx / 2
+    v = (-s * X + c * Y) / scale + ny / 2
+    # a centre that lands exactly on a pixel edge (a half-pixel shift at k = 1) goes to the pixel
+    # above and to the right, whatever the rounding of the arithmetic
+    j = np.floor(u + 1e-9).astype(np.int64)
+    i = np.floor(v + 1e-9).astype(np.int64)
+    valid = (i >= 0) & (i < ny) & (j >= 0) & (j < nx)
+    index = np.where(valid, i * nx + j, 0).ravel()
+    return index, valid.ravel()
+
+
+def _lib(a):
+    mod = type(a).__module__
+    if mod.startswith("torch"):
+        return "torch", sys.modules["torch"]
+    if mod.startswith("cupy"):
+        return "cupy", sys.modules["cupy"]
+    return "numpy", np
+
+
+def apply_placement(src, placed, target_shape):
+    """Values of ``src`` (..., ny, nx) at a :func:`placement`: (..., *target_shape).
+
+    NumPy, CuPy or torch (differentiable: the gradient flows back to the source pixels).
+    ``placed = None`` returns ``src`` unchanged.
+    """
+    if placed is None:
+        return src
+    index, valid = placed
+    kind, lib = _lib(src)
+    lead = tuple(src.shape[:-2])
+    flat = src.reshape(lead + (-1,))
+    if kind == "torch":
+        idx = lib.as_tensor(index, device=src.device)
+        mask = lib.as_tensor(valid, device=src.device)
+        out = lib.where(mask, flat[..., idx], lib.zeros((), dtype=src.dtype, device=src.device))
+    else:
+        idx = lib.asarray(index)
+        out = flat[..., idx] * lib.asarray(valid, dtype=np.float32).astype(src.real.dtype)
+    return out.reshape(lead + tuple(target_shape))
+
+
+# --------------------------------------------------------------------------- the built stack
+@dataclass
+class BuiltStack:
+    """A design realised as built, on the oversampled grid (see the module docstring).
+
+    Made by :func:`build`. ``geometry`` is the fine, as-built :class:`StackGeometry` (pitch
+    ``pitch_m / k``, gaps with their errors, the detuned wavelength); ``masks`` (K, ny*k,
+    nx*k) the placed detector masks; ``n``, ``kappa`` the material as printed (``kappa``
+    is 0 without absorption).
+    """
+
+    design: object
+    as_built: AsBuilt
+    oversample: int
+    geometry: StackGeometry
+    layer_placements: list
+    input_placement: object
+    masks: object
+    n: float
+    kappa: float
+    defect_mask: np.ndarray | None
+    defect_heights_m: np.ndarray | None
+    xp: object = np
+    _engine: object = None
+
+    @property
+    def fine_shape(self) -> tuple[int, int]:
+        return self.geometry.layer_shape
+
+    def engine(self, dtype=np.complex64):
+        """The propagation engine of the as-built geometry (made on first use, owned by this stack)."""
+        if self._engine is None or self._engine.dtype != np.dtype(dtype):
+            self._engine = new_engine(self.geometry, dtype, self.xp)
+        return self._engine
+
+    # -- layers ---------------------------------------------------------------------
+    def printed_heights(self, phases):
+        """Printed heights (L, ny, nx), metres, of the design's phase maps (NumPy, CuPy or torch).
+
+        The quantised heights of a torch tensor carry the gradient of the continuous ones
+        (straight-through: rounding to printer steps has zero derivative almost everywhere).
+        """
+        d, ab = self.design, self.as_built
+        lam, n0, base = d.wavelength_m, d.material.n, d.fabrication.base_m
+        kind, lib = _lib(phases)
+        if ab.z_step_m is None:
+            return _heights.phase_to_height(phases, lam, n0, base_m=base)
+        quantised = _heights.phase_to_height(phases.detach() if kind == "torch" else phases, lam, n0, base_m=base,
+                                             z_step_m=ab.z_step_m)
+        if kind != "torch":
+            return quantised
+        smooth = _heights.phase_to_height(phases, lam, n0, base_m=base)
+        return smooth + (quantised - smooth).detach()
+
+    def transmissions(self, phases=None, amplitudes=None, heights_m=None):
+        """Complex transmissions (L, ny*k, nx*k) of the printed, placed layers.
+
+        From ``phases`` (L, ny, nx) radians (default the design's) through
+        :meth:`printed_heights`, or from measured ``heights_m`` (L, ny, nx) metres (e.g. read
+        back from STL files). NumPy, CuPy or torch in, the same out (torch: differentiable
+        in ``phases`` and ``amplitudes``). ``amplitudes`` default to the design's.
+        """
+        d, ab = self.design, self.as_built
+        if heights_m is None:
+            phases = self.xp.asarray(d.phases, dtype=np.float32) if phases is None else phases
+            h = self.printed_heights(phases)
+            if amplitudes is None and d.amplitudes is not None and _lib(phases)[0] != "torch":
+                amplitudes = self.xp.asarray(d.amplitudes, dtype=np.float32)
+        else:
+            h = heights_m
+        kind, lib = _lib(h)
+        if ab.thickness_error:
+            h = h * (1.0 + ab.thickness_error)
+        if self.defect_mask is not None:
+            if kind == "torch":
+                mask = lib.as_tensor(self.defect_mask, device=h.device)
+                h = lib.where(mask, lib.as_tensor(self.defect_heights_m, dtype=h.dtype, device=h.device), h)
+            else:
+                h = lib.where(lib.asarray(self.defect_mask), lib.asarray(self.defect_heights_m, dtype=h.dtype), h)
+        t = _heights.height_to_transmission(h, self.geometry.wavelength_m, self.n, self.kappa)
+        if kind != "torch":
+            t = t.astype(np.complex64 if h.dtype == np.float32 else np.complex128, copy=False)
+        if amplitudes is not None:
+            t = t * amplitudes
+        layers = [apply_placement(t[i], p, self.fine_shape) for i, p in enumerate(self.layer_placements)]
+        return lib.stack(layers) if kind == "torch" else lib.stack(layers)
+
+    # -- input and detectors ----------------------------------------------------------
+    def input_fields(self, images):
+        """Input fields (B, ny*k, nx*k) of images (B, h, w) in [0, 1] (NumPy or CuPy), placed."""
+        xp = self.xp
+        fields = self.design.input.fields(xp.asarray(images, dtype=np.float32), self.design.grid)
+        return self.place_input(fields)
+
+    def place_input(self, fields):
+        """The design-grid input fields (B, ny, nx) moved, scaled and upsampled as built."""
+        return apply_placement(fields, self.input_placement, self.fine_shape)
+
+    def readout(self, intensity):
+        """Detector powers (..., K) of fine-grid intensities (..., ny*k, nx*k), in design-grid units."""
+        kind, lib = _lib(intensity)
+        K = self.masks.shape[0]
+        flat = intensity.reshape(tuple(intensity.shape[:-2]) + (-1,))
+        masks = self.masks.reshape(K, -1)
+        if kind == "torch":
+            masks = lib.as_tensor(to_numpy(masks) if not isinstance(masks, np.ndarray) else masks,
+                                  dtype=flat.dtype, device=flat.device)
+            return (flat @ masks.T) / float(self.oversample ** 2)
+        return (flat @ lib.asarray(masks, dtype=flat.dtype).T) / flat.dtype.type(self.oversample ** 2)
+
+    def intensity(self, images, *, transmissions=None, workers=None):
+        """Output-plane intensity (B, ny*k, nx*k) of ``images`` through the built stack."""
+        t = self.transmissions() if transmissions is None else transmissions
+        fields = self.input_fields(images)
+        out = forward(self.geometry, t, fields, workers=workers, engine=self.engine(np.result_type(t.dtype, fields.dtype)
+                                                                                    )).output
+        return out.real ** 2 + out.imag ** 2
+
+
+def hop_shifts(as_built: AsBuilt, n_layers: int) -> tuple:
+    """Each hop's lateral offset of its destination plane relative to its source plane,
+    ``(L + 1)`` pairs (metres; ``()`` if none): the planes are the input object, the layers
+    and the detector plane, displaced by ``input_offset_xy_m``, ``layer_offsets_xy_m`` and
+    ``detector_offset_xy_m``."""
+    ab = as_built
+    d = np.zeros((n_layers + 2, 2))
+    d[0] = ab.input_offset_xy_m
+    if ab.layer_offsets_xy_m:
+        d[1:-1] = ab.layer_offsets_xy_m
+    d[-1] = ab.detector_offset_xy_m
+    steps = np.diff(d, axis=0)
+    return tuple((float(x), float(y)) for x, y in steps) if np.any(steps) else ()
+
+
+def fine_geometry(design, oversample: int = 1, *, gap_errors_m=(), wavelength_error: float = 0.0,
+                  hop_shifts_xy_m=()) -> StackGeometry:
+    """The as-built :class:`StackGeometry`: pitch / k, layer and window shapes times k, the
+    gaps with their errors, the detuned wavelength, the hops' lateral shifts
+    (:func:`hop_shifts`). Raises :class:`D2NNError` if a gap closes."""
+    k = check_oversample(oversample)
+    g = design.geometry
+    d = np.asarray(g.distances_m, dtype=np.float64)
+    if len(gap_errors_m):
+        if len(gap_errors_m) != len(d):
+            raise FieldError("gap_errors_m", f"must hold {len(d)} values (one per gap), got {len(gap_errors_m)}")
+        d = d + np.asarray(gap_errors_m, dtype=np.float64)
+    if np.any(d <= 0):
+        raise D2NNError(f"the as-built gaps {[round(v * 1e3, 4) for v in d]} mm must stay positive")
+    return StackGeometry((g.layer_shape[0] * k, g.layer_shape[1] * k), g.pitch_m / k,
+                         g.wavelength_m * (1.0 + wavelength_error), tuple(float(v) for v in d),
+                         (g.window_shape[0] * k, g.window_shape[1] * k), g.band_limit, hop_shifts_xy_m)
+
+
+def build(design, as_built: AsBuilt | None = None, *, oversample: int = 1, xp=np, engine=None) -> BuiltStack:
+    """Realise ``design`` with the deviations ``as_built`` on a grid oversampled ``oversample`` times.
+
+    ``engine``: an engine on the same fine grid and window (e.g. the previous draw's) whose
+    FFT workspaces the new stack reuses (:meth:`diffractive.propagation.Engine.retuned`);
+    default a new one on first use.
+    """
+    ab = AsBuilt() if as_built is None else as_built
+    if not isinstance(ab, AsBuilt):
+        raise D2NNError(f"as_built must be an AsBuilt, got {type(ab).__name__}")
+    k = check_oversample(oversample)
+    L = design.n_layers
+    if ab.layer_offsets_xy_m and len(ab.layer_offsets_xy_m) != L:
+        raise FieldError("layer_offsets_xy_m", f"must hold {L} pairs (one per layer), got {len(ab.layer_offsets_xy_m)}")
+    if ab.layer_rotations_rad and len(ab.layer_rotations_rad) != L:
+        raise FieldError("layer_rotations_rad", f"must hold {L} angles (one per layer), got "
+                                                f"{len(ab.layer_rotations_rad)}")
+    # lateral offsets are translations of the planes' grids, folded into the hops (exact for any
+    # offset); rotations, the object's scale and the oversampling are resamplings (placement)
+    geometry = fine_geometry(design, k, gap_errors_m=ab.gap_errors_m, wavelength_error=ab.wavelength_error,
+                             hop_shifts_xy_m=hop_shifts(ab, L))
+    shape = design.layer_shape
+    rotations = ab.layer_rotations_rad or (0.0,) * L
+    layers = [placement(shape, k, (0.0, 0.0), rot) for rot in rotations]
+    inp = placement(shape, k, (0.0, 0.0), 0.0, 1.0 + ab.input_scale_error)
+    fine_grid = Grid(geometry.layer_shape, geometry.pitch_m)
+    masks = detector_masks(design.detectors, fine_grid, np)
+    masks = apply_placement(masks, placement(fine_grid.shape, 1, (0.0, 0.0), ab.detector_rotation_rad),
+                            fine_grid.shape)
+    n = design.material.n * (1.0 + ab.index_error)
+    if n <= 1:
+        raise D2NNError(f"index_error {ab.index_error} leaves a refractive index {n:.4g} <= 1")
+    kappa = design.material.kappa * (1.0 + ab.kappa_error) if ab.absorption else 0.0
+    defect_mask = defect_heights = None
+    if ab.defect_fraction > 0:
+        rng = np.random.default_rng(ab.defect_seed)
+        defect_mask = rng.random((L,) + tuple(shape)) < ab.defect_fraction
+        period = _heights.phase_period_m(design.wavelength_m, design.material.n)
+        defect_heights = (design.fabrication.base_m + rng.random((L,) + tuple(shape)) * period).astype(np.float32)
+        defect_mask, defect_heights = xp.asarray(defect_mask), xp.asarray(defect_heights)
+    stack = BuiltStack(design, ab, k, geometry, layers, inp, xp.asarray(masks.astype(np.float32)), n, kappa,
+                       defect_mask, defect_heights, xp)
+    if engine is not None:
+        if engine.field_shape != geometry.layer_shape or engine.window_shape != geometry.window_shape:
+            raise D2NNError("the engine given to build() runs another grid than the as-built stack")
+        stack._engine = engine.retuned(wavelength_m=geometry.wavelength_m, distances_m=geometry.distances_m,
+                                       shifts_xy_m=geometry.hop_shifts_xy_m)
+    return stack
+
+
+def simulate_built(design, images, as_built: AsBuilt | None = None, *, oversample: int = 1, heights_m=None,
+                   batch_size: int = 64, backend=None, keep_intensity: bool = False, workers=None, progress=None,
+                   stack: BuiltStack | None = None):
+    """Simulate ``images`` (N, h, w) through ``design`` as built; a
+    :class:`~diffractive.simulate.SimulationResult` (powers in design-grid units).
+
+    ``heights_m`` (L, ny, nx): printed heights to use instead of the design's phases (read
+    back from STL files). ``stack``: an already built stack (then ``as_built`` and
+    ``oversample`` are its). ``progress(n_done)`` after each batch.
+    """
+    from .simulate import SimulationResult  # noqa: PLC0415
+
+    xp = resolve_backend(backend)
+    if stack is None:
+        stack = build(design, as_built, oversample=oversample, xp=xp)
+    t = stack.transmissions(heights_m=None if heights_m is None else xp.asarray(heights_m, dtype=np.float32))
+    powers, totals, intens = [], [], []
+    n = len(images)
+    k2 = float(stack.oversample ** 2)
+    for a in range(0, n, batch_size):
+        inten = stack.intensity(images[a:a + batch_size], transmissions=t, workers=workers)
+        powers.append(to_numpy(stack.readout(inten)))
+        totals.append(to_numpy(inten.sum(axis=(-2, -1))) / k2)
+        if keep_intensity:
+            intens.append(to_numpy(inten))
+        if progress is not None:
+            progress(min(n, a + batch_size))
+    powers = np.concatenate(powers) if powers else np.zeros((0, len(design.detectors)))
+    scores = class_scores(powers.astype(np.float64), design.detectors, design.n_classes)
+    return SimulationResult(powers=powers, scores=scores, predictions=np.argmax(scores, axis=1),
+                            total_power=np.concatenate(totals) if totals else np.zeros(0),
+                            intensity=np.concatenate(intens) if keep_intensity else None)
+
+
+__all__ = ["AsBuilt", "BuiltStack", "MAX_OVERSAMPLE", "apply_placement", "build", "check_oversample",
+           "fine_geometry", "placement", "simulate_built"]

@@ -1,0 +1,143 @@
+"""Tolerance reports: curves (PNG), a table (Markdown and HTML) and the JSON of a tolerance analysis.
+
+:func:`write_report` writes, into a new folder, ``tolerance.json`` (:meth:`ToleranceResult.to_json`),
+``tolerance.md`` / ``tolerance.html`` (the budget's expected accuracy, then one row per error
+kind: its tolerance for a 1- and a 5-point drop and the accuracy at the budget's size) and
+``tolerance.png`` (one panel per error kind: mean accuracy against the size of that error with
+its 95 % interval, the ideal and the as-printed accuracy marked). :func:`curves_figure` draws
+several designs' curves into one figure (the README's comparison of a design and its robust
+version).
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+from ._io import atomic_write_bytes
+from ._plot import new_figure, save_png
+from .budget import KINDS
+
+#: how each unit is shown: (multiplier, label)
+_SHOW = {"m": (1e3, "mm"), "deg": (1.0, "deg"), "": (100.0, "%")}
+
+
+def _size_text(kind: str, size) -> str:
+    if size is None:
+        return "beyond the sweep"
+    mult, label = _SHOW[KINDS[kind].unit]
+    return f"{size * mult:.3g} {label}"
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def table_rows(result) -> list[list[str]]:
+    """The table as rows of strings (first row: header)."""
+    rows = [["error kind", "what", "budget", "drop 1 pt at", "drop 5 pt at", "accuracy at budget size"]]
+    for s in result.sweeps:
+        size = result.budget.size(s.kind)
+        at_budget = next((p for p in s.points if size and math.isclose(p.size, size)), None)
+        rows.append([s.kind, KINDS[s.kind].what, _size_text(s.kind, size) if size else "-",
+                     _size_text(s.kind, s.tolerance_1pt), _size_text(s.kind, s.tolerance_5pt),
+                     "-" if at_budget is None else f"{_pct(at_budget.mean)} ({len(at_budget.accuracies)} draws)"])
+    return rows
+
+
+def _headline(result) -> list[str]:
+    lines = [f"design: {result.design or '(unnamed)'}; dataset: {result.dataset or '?'}; {result.n_images} images; "
+             f"oversampling k = {result.oversample}; seed {result.seed}",
+             f"ideal accuracy (design as simulated): {_pct(result.ideal_accuracy)}",
+             f"as printed, no assembly errors (budget '{result.budget.name}' printing model): "
+             f"{_pct(result.printed.mean)}"]
+    if result.expected is not None:
+        lo, hi = result.expected.interval
+        lines.append(f"expected under budget '{result.budget.name}': {_pct(result.expected.mean)} "
+                     f"(95 % interval {_pct(lo)} - {_pct(hi)}), 5th percentile {_pct(result.expected.p5)}, "
+                     f"worst {_pct(min(result.expected.accuracies))}, {len(result.expected.accuracies)} draws")
+    if result.sweeps:
+        lines.append(f"sweeps: one error kind at a time on {result.sweep_images} images, "
+                     f"{len(result.sweeps[0].points[1].accuracies)} draws per point")
+    return lines
+
+
+def markdown(result) -> str:
+    """The report as Markdown."""
+    out = ["# Tolerance analysis", ""] + [f"- {line}" for line in _headline(result)] + [""]
+    rows = table_rows(result)
+    if len(rows) > 1:
+        out.append("| " + " | ".join(rows[0]) + " |")
+        out.append("|" + "---|" * len(rows[0]))
+        out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+        out.append("")
+        out.append("![tolerance curves](tolerance.png)")
+    return "\n".join(out) + "\n"
+
+
+def html_page(result) -> str:
+    """The report as a self-contained HTML page (the figure next to it as tolerance.png)."""
+    rows = table_rows(result)
+    body = "".join(f"<li>{html.escape(line)}</li>" for line in _headline(result))
+    table = ""
+    if len(rows) > 1:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+        cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+        table = f"<table><tr>{head}</tr>{cells}</table><img src='tolerance.png' alt='tolerance curves'>"
+    return ("<!doctype html><meta charset='utf-8'><title>Tolerance analysis</title>"
+            "<style>body{font-family:sans-serif;max-width:70em}td,th{padding:2px 8px;border-bottom:1px solid #ccc}"
+            f"img{{max-width:100%}}</style><h1>Tolerance analysis</h1><ul>{body}</ul>{table}\n")
+
+
+def curves_figure(results, labels=None):
+    """One panel per error kind swept in any of ``results``; a line per result (mean accuracy
+    with its 95 % interval), dashed at its as-printed accuracy. Returns the Figure."""
+    labels = labels or [r.design or f"design {i + 1}" for i, r in enumerate(results)]
+    kinds = [k for k in KINDS if any(s.kind == k for r in results for s in r.sweeps)]
+    cols = min(4, max(1, len(kinds)))
+    rows = max(1, math.ceil(len(kinds) / cols))
+    fig = new_figure(3.4 * cols, 2.8 * rows)
+    colors = ["tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange"]
+    for i, kind in enumerate(kinds):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        mult, unit = _SHOW[KINDS[kind].unit]
+        for r, label, color in zip(results, labels, colors * 4):
+            s = next((s for s in r.sweeps if s.kind == kind), None)
+            if s is None:
+                continue
+            x = [p.size * mult for p in s.points]
+            y = [100 * p.mean for p in s.points]
+            lo = [100 * p.interval[0] for p in s.points]
+            hi = [100 * p.interval[1] for p in s.points]
+            ax.plot(x, y, "o-", color=color, ms=3, label=label)
+            ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
+            ax.axhline(100 * r.ideal_accuracy, color=color, ls=":", lw=1)
+            size = r.budget.size(kind)
+            if size:
+                ax.axvline(size * mult, color="grey", ls="--", lw=0.8)
+        ax.set_title(kind, fontsize=9)
+        ax.set_xlabel(f"size ({unit})", fontsize=8)
+        ax.set_ylabel("accuracy (%)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_ylim(0, 100)
+        if i == 0:
+            ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle("accuracy against each error alone (dotted: ideal; dashed: the budget's size)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def write_report(result, folder) -> Path:
+    """Write the report files into ``folder`` (created; must not exist or be empty)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / "tolerance.json", (json.dumps(result.to_json(), indent=1) + "\n").encode())
+    atomic_write_bytes(folder / "tolerance.md", markdown(result).encode())
+    atomic_write_bytes(folder / "tolerance.html", html_page(result).encode())
+    if result.sweeps:
+        save_png(curves_figure([result]), folder / "tolerance.png")
+    return folder
+
+
+__all__ = ["curves_figure", "html_page", "markdown", "table_rows", "write_report"]
