@@ -34,10 +34,12 @@ TARGET_S = {200: 1.0, 1000: 10.0}
 
 
 def one_layer(n):
+    """A one-layer design of n x n random phases (0.4 mm pitch, FFT window n x n, seed 0)."""
     return make_design(layer_shape=(n, n), n_layers=1, seed=0, window_shape=(n, n))
 
 
 def run_export(design, verify="auto"):
+    """Export ``design`` into a temporary folder; returns (seconds, manifest dict)."""
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         res = export_design(design, Path(tmp) / "out", verify=verify)
@@ -46,6 +48,8 @@ def run_export(design, verify="auto"):
 
 
 def main(argv=None):
+    """Time the export of each ``--sizes`` layer and trace the memory of each ``--memory-sizes``
+    one; print the results (and write them to ``--json``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[200, 1000], help="layer sizes to time")
     ap.add_argument("--memory-sizes", type=int, nargs="+", default=[100, 200, 400, 800])

@@ -81,11 +81,13 @@ class FFTOnly:
         np.multiply(field, FFT_ONLY_SCALE, out=self.buf[0, : self.ny, : self.nx])
 
     def full(self, hops):
+        """``hops`` full 2-D forward + inverse FFTs of the (1, NY, NX) buffer, in place, unnormalised."""
         for _ in range(hops):
             self.full_fwd.execute()
             self.full_inv.execute()
 
     def pruned(self, hops):
+        """``hops`` pruned transform pairs as the Workspace runs them (nx data columns, all rows), in place."""
         for _ in range(hops):
             self.fwd_cols.execute()
             self.fwd_rows.execute()
@@ -109,6 +111,7 @@ def interleaved_times(fns, warmup, repeats):
 
 
 def main(argv=None):
+    """Time ``stack.forward`` and the FFT-only loops on the same batch and print the medians and ratios."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=32, help="fields per batch (default 32)")
@@ -179,6 +182,7 @@ def main(argv=None):
 
 
 def id_thread():
+    """The calling thread's identifier (keys each thread's :class:`FFTOnly` buffer)."""
     import threading
 
     return threading.get_ident()

@@ -73,6 +73,8 @@ def _run(cmd, out: Path, env):
 
 
 def main(argv=None):
+    """Train ``--config`` for ``--steps`` steps three ways (1 process 1 thread, 1 process N threads,
+    N processes); print the table. Returns 0 when all three end on the same phases, else 1."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(ROOT / "designs" / "rules-es.toml"))
     p.add_argument("--steps", type=int, default=60, help="training steps (one epoch of steps * batch images)")

@@ -31,6 +31,10 @@ from rules import add_network_arguments, base_doc  # noqa: E402
 
 
 def main(argv=None):
+    """Train backprop with b x b block-constant phases for each ``--blocks`` b and print the table.
+
+    Returns 0 when every run's final phases are still block-constant, else 1.
+    """
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_network_arguments(p, dataset="fashion-mnist", train=0, val=2000, epochs=3)
     p.add_argument("--lr", type=float, default=0.05)
@@ -48,6 +52,10 @@ def main(argv=None):
     blocks = [int(b) for b in a.blocks.split(",")]
     if any(b < 1 for b in blocks):
         p.error("--blocks: sizes must be positive integers")
+    # Data to train from the config of rules.base_doc, handed to each Trainer (data=): the split that config
+    # describes ([data] sets no split_seed / val_fraction: seed 0, fraction 0.1), which the Trainer records in
+    # the design's provenance. No design is evaluated here outside the Trainer (validation and test
+    # accuracies are its own metrics), so there is no design_split call.
     data = (load_split(a.dataset, "train", limit=a.train or None, seed=0),
             load_split(a.dataset, "val", limit=a.val or None, seed=0),
             load_split(a.dataset, "test", limit=a.test or None))

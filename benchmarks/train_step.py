@@ -28,6 +28,8 @@ TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 
 
 def worker(impl: str, window: int, steps: int, batch: int) -> dict:
+    """Time ``steps`` training steps of ``impl`` ("bridge" or "torch") at the Lin geometry with a
+    ``window`` x ``window`` FFT window; returns samples/s, the median step (s) and peak RSS (MB)."""
     import numpy as np
     import torch
 
@@ -72,6 +74,7 @@ def worker(impl: str, window: int, steps: int, batch: int) -> dict:
 
 
 def main():
+    """Run :func:`worker` for both implementations in subprocesses (per allocator) and print the comparison."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--window", type=int, default=400, help="padded FFT window (default 400 = exact 2x)")
     ap.add_argument("--steps", type=int, default=10)

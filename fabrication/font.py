@@ -35,10 +35,12 @@ GLYPH_W, GLYPH_H, ADVANCE = 5, 7, 6
 
 
 def supported(text: str) -> bool:
+    """Whether every character of ``text`` is in the mark font."""
     return all(ch in _FONT for ch in text)
 
 
 def text_width_cells(text: str) -> int:
+    """Width of ``text`` in glyph cells: ``GLYPH_W`` per character, one blank cell between characters (0 if empty)."""
     return max(0, ADVANCE * len(text) - 1)
 
 

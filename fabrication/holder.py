@@ -25,6 +25,8 @@ from .materials import FabricationError
 
 @dataclass
 class HolderSpec:
+    """Holder geometry; lengths in mm (as printed), ``rail_height_frac`` a fraction of the plate height."""
+
     clearance_mm: float = 0.2       # per side, between plate and slot walls
     floor_mm: float = 4.0           # floor thickness
     rail_width_mm: float = 5.0
@@ -38,6 +40,10 @@ class HolderSpec:
 
 @dataclass
 class HolderResult:
+    """The holder mesh: ``vertices`` (V, 3) float64 in mm, ``faces`` (F, 3) int64 vertex indices
+    (closed, outward-wound), ``info`` (planes, slot width, outer size, all mm, and the frame in
+    words) and ``warnings`` (strings)."""
+
     vertices: np.ndarray
     faces: np.ndarray
     info: dict = field(default_factory=dict)
@@ -65,7 +71,14 @@ def _text_boxes(text, x_origin, y_origin, z0, z1, g):
 
 
 def build_holder(plate_size_mm, plate_thickness_mm, distances_mm, margin_mm, spec: HolderSpec | None = None) -> HolderResult:
-    """Holder for plates of outer size ``plate_size_mm`` = (width along plate x, height along plate y)."""
+    """Holder for plates of outer size ``plate_size_mm`` = (width along plate x, height along plate y).
+
+    ``plate_thickness_mm``: the plates' thickness (frame height); ``distances_mm`` (L+1,):
+    the design's gaps in mm, input plane -> layer 1, ..., layer L -> detector plane;
+    ``margin_mm``: the plates' frame width (how deep their edges may sit in the grooves).
+    Returns a :class:`HolderResult`; raises :class:`FabricationError` when a plate does not
+    fit between its plane and the next.
+    """
     from manifold3d import Manifold, OpType  # noqa: PLC0415
 
     s = spec or HolderSpec()

@@ -35,6 +35,7 @@ def _key(name: str) -> str:
 
 
 def material_names() -> list[str]:
+    """Names of the materials in the table :data:`MATERIALS`, sorted."""
     return sorted(MATERIALS)
 
 
@@ -52,7 +53,12 @@ def get_material(name: str) -> Material:
 
 
 def material_from_dict(doc: dict, source: str = "material") -> Material:
-    """Build a :class:`Material` from a ``{name, n, kappa, ...}`` mapping (design.json, TOML)."""
+    """Build a :class:`Material` from a ``{name, n, kappa, ...}`` mapping (design.json, TOML).
+
+    ``n`` (refractive index, > 1) and ``kappa`` (extinction coefficient, >= 0) at the design
+    wavelength are required; ``wavelength_m`` (metres), ``source`` and ``assumption`` are
+    optional. The argument ``source`` names the mapping in error messages.
+    """
     if not isinstance(doc, dict):
         raise FabricationError(f"{source}: must be a table/object with name, n and kappa")
     missing = [k for k in ("n", "kappa") if k not in doc]
@@ -91,7 +97,8 @@ def resolve_material(design_material: Material | dict | None = None, *, name: st
     ``design_material`` is a design's :class:`Material` (or a ``{name, n, kappa}`` mapping);
     ``None``: the Lin 2018 material.
 
-    ``name`` and ``material_file`` are exclusive. ``n``/``kappa`` override single values of
+    ``name`` and ``material_file`` (a TOML path) are exclusive. ``n``/``kappa`` (refractive
+    index and extinction coefficient, dimensionless, at the design wavelength) override single values of
     whatever was chosen (then the name becomes ``"<name> (custom n/kappa)"``).
     """
     if name is not None and material_file is not None:

@@ -39,6 +39,9 @@ _DIAG = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]]) / np.sqrt
 class HeightField:
     """Cells ``levels[j, i]`` span ``x_mm[i]..x_mm[i+1]`` and ``y_mm[j]..y_mm[j+1]``.
 
+    ``x_mm`` (nx+1,) and ``y_mm`` (ny+1,) are strictly increasing node coordinates in mm;
+    ``levels`` (ny, nx) non-negative integers, the height in printer layers of
+    ``z_step_mm`` (mm; 0 = no material).
     ``fan_bottom`` = (j0, j1, i0, i1): a rectangle of cells, all with material, whose bottom
     is one fan (saves two triangles per cell in the active area).
     """
@@ -66,19 +69,23 @@ class HeightField:
                 raise FabricationError("fan_bottom must be a rectangle of cells that all hold material")
 
     def volume_mm3(self) -> float:
-        """Exact volume of the solid: sum of cell area x height."""
+        """Exact volume of the solid in mm^3: sum of cell area x height."""
         area = np.outer(np.diff(self.y_mm), np.diff(self.x_mm))
         return float(np.sum(area * self.levels.astype(np.float64)) * self.z_step_mm)
 
 
 @dataclass
 class Mesh:
+    """Indexed triangle mesh: ``vertices`` (V, 3) float64 in mm, ``faces`` (F, 3) vertex indices
+    (outward normals); ``n_saddles`` counts the extra saddle vertices (see module docstring)."""
+
     vertices: np.ndarray  # (V, 3) float64, mm
     faces: np.ndarray     # (F, 3) int32 or int64
     n_saddles: int = 0
 
     @property
     def n_faces(self) -> int:
+        """Number of triangles F."""
         return int(len(self.faces))
 
 
@@ -177,7 +184,11 @@ def _quads(a, b, c, d):
 
 
 def height_field_mesh(hf: HeightField, saddle_offset_mm: float = 1e-3) -> Mesh:
-    """Closed, outward-wound triangle mesh of a :class:`HeightField` (see module docstring)."""
+    """Closed, outward-wound triangle mesh of a :class:`HeightField` (see module docstring).
+
+    ``saddle_offset_mm``: how far (mm) the extra vertex of a saddle sits inside its cell.
+    Raises :class:`FabricationError` if two cells with material touch only at a corner at z = 0.
+    """
     L = hf.levels.astype(np.int32)
     ny, nx = L.shape
     Hp = np.zeros((ny + 2, nx + 2), dtype=np.int32)
@@ -281,8 +292,10 @@ _STL_DTYPE = np.dtype([("normal", "<f4", (3,)), ("v", "<f4", (3, 3)), ("attr", "
 def write_stl(path, vertices, faces, header: str = "", chunk=1_000_000) -> tuple[str, float]:
     """Write a binary STL (coordinates as given, i.e. mm); return (SHA-256 hex, volume).
 
-    The volume (divergence theorem, float64 sums) is that of the float32 triangles as
-    written. Writes ``path`` directly; callers wanting atomicity write to a temporary name.
+    ``vertices`` (V, 3), ``faces`` (F, 3) vertex indices; ``header`` ASCII, cut to 80 bytes;
+    ``chunk`` faces are converted per write. The volume (cubed coordinate units: mm^3;
+    divergence theorem, float64 sums) is that of the float32 triangles as written. Writes
+    ``path`` directly; callers wanting atomicity write to a temporary name.
     """
     head = header.encode("ascii", "replace")[:80].ljust(80, b" ")
     if head[:5].lower() == b"solid":  # an ASCII-STL sniffer would be fooled
@@ -331,6 +344,7 @@ def read_stl_triangles(path) -> np.ndarray:
 
 
 def sha256_file(path, bufsize=1 << 22) -> str:
+    """SHA-256 hex digest of the file ``path`` (read in chunks of ``bufsize`` bytes)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while True:

@@ -42,6 +42,8 @@ class PlateSpec:
     label: bool = True
 
     def validate(self):
+        """Raise :class:`FabricationError` unless every length is a positive finite number
+        (``hole_mm``, ``notch_mm``, ``frame_height_mm``: or None)."""
         for name in ("margin_mm", "text_cell_mm", "engrave_mm"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
@@ -54,7 +56,12 @@ class PlateSpec:
 
 @dataclass
 class PlateLayout:
-    """Where everything is, for the mesh, the manifest, tests and the holder (all mm)."""
+    """Where everything is, for the mesh, the manifest, tests and the holder (all mm).
+
+    ``shape`` (ny, nx) pixels of ``pitch_mm``; ``frame_level`` and ``engrave_level`` are
+    heights in printer layers of ``z_step_mm``; rectangles are (x0, x1, y0, y1) in mm, in
+    plate coordinates (optical axis at x = y = 0).
+    """
 
     shape: tuple[int, int]
     pitch_mm: float
@@ -72,14 +79,17 @@ class PlateLayout:
 
     @property
     def size_mm(self) -> tuple[float, float]:
+        """Outer (width along x, height along y) of the plate, mm."""
         x0, x1, y0, y1 = self.outer
         return x1 - x0, y1 - y0
 
     @property
     def thickness_mm(self) -> float:
+        """Frame thickness (``frame_level * z_step_mm``), mm: the plate's total thickness."""
         return self.frame_level * self.z_step_mm
 
     def to_json(self) -> dict:
+        """The manifest's ``plate`` entry: rectangles and thicknesses in mm (rounded to 1e-6 mm), the label."""
         r = lambda t: [round(float(v), 6) for v in t]  # noqa: E731
         return {"outer_mm": r(self.outer), "active_mm": r(self.active), "frame_thickness_mm": self.thickness_mm,
                 "margin_mm": self.margin_mm, "holes_mm": [r(h) for h in self.holes],
@@ -93,7 +103,13 @@ def _rect(cx, cy, w, h):
 
 def plate_layout(shape, pitch_mm, z_step_mm, frame_level, layer_number=None, spec: PlateSpec | None = None,
                  warnings=None) -> PlateLayout:
-    """Frame, holes, notch and label positions for one layer."""
+    """Frame, holes, notch and label positions for one layer.
+
+    ``shape`` (ny, nx) pixels of ``pitch_mm``; ``z_step_mm`` the printer layer (mm);
+    ``frame_level`` the frame height in printer layers; ``layer_number`` (1-based) is
+    engraved when given (and ``spec.label``); a label that does not fit is dropped with a message appended to
+    ``warnings`` (a list). Returns a :class:`PlateLayout` (mm).
+    """
     spec = spec or PlateSpec()
     spec.validate()
     ny, nx = shape
@@ -149,7 +165,10 @@ def _index(breaks, value):
 
 
 def plate_height_field(levels, layout: PlateLayout) -> HeightField:
-    """The layer's :class:`HeightField`: ``levels`` (ny, nx) in the active area, the frame around."""
+    """The layer's :class:`HeightField`: ``levels`` (ny, nx) in the active area, the frame around.
+
+    ``levels`` are integer heights in printer layers, each between 1 and ``layout.frame_level``.
+    """
     levels = np.asarray(levels)
     ny, nx = layout.shape
     if levels.shape != (ny, nx):
@@ -190,7 +209,10 @@ def plate_height_field(levels, layout: PlateLayout) -> HeightField:
 
 
 def expected_volume_mm3(levels, layout: PlateLayout) -> float:
-    """Volume of the plate from the layout alone (not from the mesh): frame + pixels - cuts."""
+    """Volume of the plate in mm^3 from the layout alone (not from the mesh): frame + pixels - cuts.
+
+    ``levels`` (ny, nx): pixel heights in printer layers.
+    """
     x0, x1, y0, y1 = layout.outer
     ax0, ax1, ay0, ay1 = layout.active
     z = layout.z_step_mm

@@ -20,6 +20,8 @@ from .materials import FabricationError
 # --------------------------------------------------------------------------- meshes
 @dataclass
 class EdgeCheck:
+    """What :func:`edge_check` found; counts are numbers of faces."""
+
     closed: bool              # every edge used by exactly two faces
     consistent: bool          # ... in opposite directions
     duplicate_faces: int
@@ -28,11 +30,15 @@ class EdgeCheck:
 
     @property
     def ok(self) -> bool:
+        """Closed, consistently wound, and no duplicate or degenerate faces."""
         return self.closed and self.consistent and not self.duplicate_faces and not self.degenerate_faces
 
 
 def edge_check(faces, n_vertices=None) -> EdgeCheck:
-    """Closedness and winding of an indexed triangle mesh, by sorting its directed edges."""
+    """Closedness and winding of an indexed triangle mesh, by sorting its directed edges.
+
+    ``faces`` (F, 3) vertex indices; ``n_vertices`` defaults to the largest index + 1.
+    """
     f = np.asarray(faces, dtype=np.int64)
     nv = int(f.max()) + 1 if n_vertices is None else int(n_vertices)
     degenerate = int(np.sum((f[:, 0] == f[:, 1]) | (f[:, 1] == f[:, 2]) | (f[:, 0] == f[:, 2])))
@@ -58,7 +64,11 @@ def edge_check(faces, n_vertices=None) -> EdgeCheck:
 
 
 def stl_report(path) -> dict:
-    """What a slicer would see: load the STL, merge equal vertices, check with trimesh."""
+    """What a slicer would see: load the STL, merge equal vertices, check with trimesh.
+
+    Returns counts, flags, ``volume_mm3`` and ``bounds_mm`` ((2, 3): min and max corner) in
+    the file's units (mm for ``d2nn export``).
+    """
     import trimesh  # noqa: PLC0415
 
     m = trimesh.load(str(path), file_type="stl", force="mesh", process=True)
@@ -87,7 +97,7 @@ class PrinterSpec:
 
 
 def fits_build_area(size_mm, printer: PrinterSpec) -> bool:
-    """Whether a footprint (a, b) fits the printer's tray in either orientation."""
+    """Whether a footprint ``size_mm`` = (a, b) in mm fits the printer's tray in either orientation."""
     a, b = sorted(float(v) for v in size_mm)
     A, B = sorted(float(v) for v in printer.build_area_mm)
     return a <= A and b <= B
@@ -95,13 +105,22 @@ def fits_build_area(size_mm, printer: PrinterSpec) -> bool:
 
 @dataclass
 class Printability:
+    """``numbers`` (lengths in mm, phase errors in radians, amplitude transmissions as
+    fractions; keys name the units) and ``warnings`` (strings)."""
+
     numbers: dict
     warnings: list = field(default_factory=list)
 
 
 def printability(levels, pitch_m, z_step_m, wavelength_m, n, kappa, *, frame_level=None, min_frame_feature_m=None,
                  printer: PrinterSpec | None = None) -> Printability:
-    """Numbers and warnings for a stack of height maps ``levels`` (L, ny, nx) in printer layers."""
+    """Numbers and warnings for a stack of height maps ``levels`` (L, ny, nx) in printer layers.
+
+    ``pitch_m``, ``z_step_m``, ``wavelength_m`` and ``min_frame_feature_m`` in metres; ``n``
+    and ``kappa`` the material's refractive index and extinction coefficient; ``frame_level``
+    the frame height in printer layers (counts towards the total thickness). Returns a
+    :class:`Printability`.
+    """
     pr = printer or PrinterSpec()
     lv = np.asarray(levels)
     if lv.ndim == 2:
@@ -174,8 +193,9 @@ _ADMESH_FIELDS = {
 def parse_admesh(text: str) -> dict:
     """Numbers from ``admesh FILE`` output (it exits 0 even for broken meshes).
 
-    Two-column fields give the original count (``*_original`` for the final one).
-    ``ok`` is True when admesh found nothing to repair. Raises ValueError if a field is missing.
+    Two-column fields give the original count (``*_final`` for the final one); ``volume``
+    is in the file's units cubed (mm^3). ``ok`` is True when admesh found nothing to repair.
+    Raises :class:`FabricationError` (a ValueError) if a field is missing.
     """
     import re  # noqa: PLC0415
 
@@ -195,7 +215,11 @@ def parse_admesh(text: str) -> dict:
 
 
 def parse_prusa_info(text: str) -> dict:
-    """``key = value`` lines of ``prusa-slicer --info FILE`` (exits 0 even for broken meshes)."""
+    """``key = value`` lines of ``prusa-slicer --info FILE`` (exits 0 even for broken meshes).
+
+    Values stay strings; ``ok`` is True for a manifold mesh without open edges. Raises
+    :class:`FabricationError` if the ``manifold`` or ``number_of_facets`` line is missing.
+    """
     out = {}
     for line in text.splitlines():
         if " = " in line and not line.startswith("["):

@@ -17,6 +17,7 @@ describes the formats."""
 
 
 def register(sub):
+    """Add the ``evaluate`` subcommand to ``sub`` (the ``d2nn`` subparsers); its ``func`` is :func:`run`."""
     from diffractive.measured.evaluate import REGISTER_MODES  # noqa: PLC0415
 
     p = sub.add_parser("evaluate", help=HELP, description=DESCRIPTION)
@@ -54,6 +55,11 @@ def _dataset_name(args, design):
 
 
 def run(args) -> int:
+    """Run ``d2nn evaluate`` with the parsed ``args``; returns the exit code (0).
+
+    When the file names inputs and a dataset is known, they are simulated on
+    :func:`training.datasets.design_split` (the split the design was trained and validated on).
+    """
     import numpy as np  # noqa: PLC0415
 
     from diffractive.design import load_design  # noqa: PLC0415

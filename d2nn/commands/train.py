@@ -5,6 +5,7 @@ from . import UserError
 
 
 def register(sub):
+    """Add the ``train`` subcommand to ``sub`` (the ``d2nn`` subparsers); its ``func`` is :func:`run`."""
     p = sub.add_parser("train", help="train a design from a TOML config",
                        description="Train a diffractive network described by CONFIG.toml and write a design folder "
                                    "(design.json, phases.npz, metrics.json, metrics.csv, figures/) to --out. "
@@ -20,6 +21,7 @@ def register(sub):
 
 
 def run(args) -> int:
+    """Run ``d2nn train`` with the parsed ``args``; returns the exit code (0)."""
     import torch  # noqa: PLC0415
 
     from training.config import load_config  # noqa: PLC0415

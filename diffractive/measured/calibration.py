@@ -35,6 +35,7 @@ class GainFit:
     n: int
 
     def to_json(self) -> dict:
+        """JSON-ready dict of the fit (NaN gains and errors become None)."""
         def clean(a):
             return [None if not np.isfinite(v) else float(v) for v in a]
         return {"gains": clean(self.gains), "stderr": clean(self.stderr), "scale": float(self.scale),
@@ -42,14 +43,18 @@ class GainFit:
 
 
 def subtract_background(values, background):
-    """``values - background`` (background broadcast over samples); negatives are kept."""
+    """``values - background`` as float64 (background broadcast over samples); negatives are kept.
+
+    ``values`` (N, K) powers with ``background`` (K,), or (N, H, W) scans with (H, W);
+    ``background`` None: ``values`` as they are (float64).
+    """
     if background is None:
         return np.asarray(values, dtype=np.float64)
     return np.asarray(values, dtype=np.float64) - np.asarray(background, dtype=np.float64)
 
 
 def apply_gains(powers, gains):
-    """Divide each detector's readings by its gain (gains (K,), positive)."""
+    """Divide each detector's readings ``powers`` (N, K) by its gain (``gains`` (K,), positive; None: 1)."""
     if gains is None:
         return np.asarray(powers, dtype=np.float64)
     return np.asarray(powers, dtype=np.float64) / np.asarray(gains, dtype=np.float64)
@@ -59,8 +64,9 @@ def fit_gains(measured, simulated, *, min_signal=1e-6) -> GainFit:
     """Fit per-detector gains by least squares through the origin, detector by detector.
 
     ``gain_k = sum_n m[n,k] s[n,k] / sum_n s[n,k]^2``. A detector whose simulated power is
-    below ``min_signal`` times the largest detector's (summed over samples) is not fitted
-    (NaN). Needs at least 2 samples.
+    below ``min_signal`` (a fraction) times the largest detector's (summed over samples) is
+    not fitted (NaN). ``measured`` and ``simulated`` are (N, K) powers of the same samples;
+    needs N >= 2. Returns a :class:`GainFit`.
     """
     m = np.asarray(measured, dtype=np.float64)
     s = np.asarray(simulated, dtype=np.float64)

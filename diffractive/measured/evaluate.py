@@ -28,7 +28,17 @@ CLOSE_MARGIN = 0.05
 
 @dataclass
 class Evaluation:
-    """Everything :func:`evaluate_measurement` found; arrays are in file order."""
+    """Everything :func:`evaluate_measurement` found; arrays are in file order.
+
+    For N samples, K detectors and C classes: ``labels``, ``predictions`` (N,) int;
+    ``powers`` (N, K) calibrated detector powers; ``scores`` (N, C); ``confusion`` (C, C)
+    counts (rows true, columns predicted); ``margins`` (N,) fractions of the detected power;
+    ``distribution`` (C, K) fractions per true class; ``power_on_detectors`` (N,) fraction of
+    the output power on the detectors (None when not measured); ``coverage`` (K,) fraction of
+    each registered detector inside the scan (scans only); ``sim_*`` the same quantities
+    simulated for the same inputs, ``correlations`` (N,) of measured and simulated powers.
+    ``scan_pitch`` (metres) and ``scan_shape`` (H, W) describe scans.
+    """
 
     design: str
     source: str
@@ -61,21 +71,26 @@ class Evaluation:
 
     @property
     def n(self) -> int:
+        """Number of samples N."""
         return int(len(self.labels))
 
     @property
     def correct(self) -> int:
+        """Number of samples whose predicted class is the label."""
         return int(np.sum(self.predictions == self.labels))
 
     @property
     def accuracy(self) -> float:
+        """Fraction of samples classified correctly (NaN without samples)."""
         return self.correct / self.n if self.n else float("nan")
 
     @property
     def accuracy_ci95(self) -> tuple:
+        """95 % Wilson interval (lo, hi) of the accuracy, as fractions."""
         return wilson_interval(self.correct, self.n)
 
     def per_class_accuracy(self) -> list:
+        """Accuracy (fraction) of each true class, C entries; None for a class without samples."""
         out = []
         for c in range(self.n_classes):
             sel = self.labels == c
@@ -83,6 +98,7 @@ class Evaluation:
         return out
 
     def disagreements(self) -> list:
+        """One dict per sample where the measured and simulated predictions differ (empty without a simulation)."""
         if self.sim_predictions is None:
             return []
         rows = []
@@ -96,6 +112,7 @@ class Evaluation:
 
     # ------------------------------------------------------------------ output
     def to_json(self) -> dict:
+        """Everything as a JSON-ready dict (arrays as lists, NaN as None; lengths in metres)."""
         lo, hi = self.accuracy_ci95
         m = self.margins
         out = {
@@ -130,6 +147,7 @@ class Evaluation:
         return out
 
     def summary(self, max_disagreements: int = 10) -> str:
+        """Terminal summary (lengths in mm, rates in %), listing at most ``max_disagreements`` disagreements."""
         L = []
         kind = "detector powers" if self.kind == "detectors" else f"raster scans {self.extra_shape()}"
         L.append(f"{self.source}: {self.n} samples ({kind}); design {self.design}, "
@@ -219,6 +237,7 @@ class Evaluation:
     scan_shape: tuple = ()
 
     def extra_shape(self) -> str:
+        """``"H x W at P mm"`` for scans, ``""`` for detector powers."""
         if not self.scan_shape:
             return ""
         return f"{self.scan_shape[0]} x {self.scan_shape[1]} at {1e3 * self.scan_pitch:.4g} mm"

@@ -44,7 +44,12 @@ class MeasuredDataError(D2NNError):
 
 @dataclass
 class DetectorPowers:
-    """Detector readings of N samples: ``powers`` (N, K) float64 in file order."""
+    """Detector readings of N samples: ``powers`` (N, K) float64 in file order.
+
+    ``labels`` (N,) int64 true classes; ``sample_ids`` N strings; ``inputs`` (N,) int64
+    dataset indices or None; ``total`` (N,) total output-plane power or None (same linear
+    unit as ``powers``); ``source`` the file.
+    """
 
     powers: np.ndarray
     labels: np.ndarray
@@ -56,9 +61,11 @@ class DetectorPowers:
 
     @property
     def n(self) -> int:
+        """Number of samples N."""
         return int(self.powers.shape[0])
 
     def with_powers(self, powers):
+        """A copy with ``powers`` (N, K) replaced (as float64)."""
         return replace(self, powers=np.asarray(powers, dtype=np.float64))
 
 
@@ -69,7 +76,8 @@ class Scan:
     Pixel (i, j) of a scan sits at ``x = origin_m[0] + j * pitch_m``,
     ``y = origin_m[1] + i * pitch_m`` in the scanner's frame (metres, relative to the
     nominal optical axis). Without ``origin_m`` in the file the scan is taken to be
-    centred on the axis (``origin_given`` is then False).
+    centred on the axis (``origin_given`` is then False). ``labels`` (N,) int64 true
+    classes (empty for a background); ``inputs`` (N,) int64 dataset indices or None.
     """
 
     intensity: np.ndarray
@@ -88,24 +96,30 @@ class Scan:
 
     @property
     def n(self) -> int:
+        """Number of scans N."""
         return int(self.intensity.shape[0])
 
     @property
     def shape(self) -> tuple:
+        """(H, W) pixels of one scan."""
         return tuple(self.intensity.shape[1:])
 
     def x_m(self) -> np.ndarray:
+        """x of each scan column (W,), metres, in the scanner's frame."""
         return self.origin_m[0] + np.arange(self.shape[1]) * self.pitch_m
 
     def y_m(self) -> np.ndarray:
+        """y of each scan row (H,), metres, in the scanner's frame."""
         return self.origin_m[1] + np.arange(self.shape[0]) * self.pitch_m
 
     def with_intensity(self, intensity):
+        """A copy with ``intensity`` (N, H, W) replaced (as float64)."""
         return replace(self, intensity=np.asarray(intensity, dtype=np.float64))
 
 
 def centred_origin(shape, pitch_m) -> tuple:
-    """``origin_m`` of a scan of ``shape`` (H, W) centred on the optical axis."""
+    """``origin_m``: (x, y) in metres of pixel [0, 0] of a scan of ``shape`` (H, W) at step
+    ``pitch_m`` (metres) centred on the optical axis."""
     return (-(shape[1] - 1) / 2 * pitch_m, -(shape[0] - 1) / 2 * pitch_m)
 
 
@@ -439,7 +453,12 @@ def atomic_write_bytes(path, data: bytes, *, overwrite=False):
 
 
 def detector_csv_bytes(powers, labels=None, sample_ids=None, inputs=None, total=None, comments=()) -> bytes:
-    """CSV text of detector powers in the format :func:`read_measured` reads (full float precision)."""
+    """CSV text of detector powers in the format :func:`read_measured` reads (full float precision), as UTF-8 bytes.
+
+    ``powers`` (N, K); optional ``labels`` (N,), ``sample_ids`` (N strings, default
+    ``s0000`` ...), ``inputs`` (N,) dataset indices, ``total`` (N,); ``comments`` become
+    ``#`` lines above the header.
+    """
     powers = np.asarray(powers, dtype=np.float64)
     n, k = powers.shape
     buf = io.StringIO()
@@ -463,7 +482,11 @@ def detector_csv_bytes(powers, labels=None, sample_ids=None, inputs=None, total=
 
 
 def scan_npz_bytes(intensity, pitch_m, labels=None, origin_m=None, inputs=None) -> bytes:
-    """NPZ bytes of scans in the format :func:`read_measured` reads."""
+    """NPZ bytes of scans in the format :func:`read_measured` reads.
+
+    ``intensity`` (N, H, W); ``pitch_m`` the scan step in metres; optional ``labels`` (N,),
+    ``origin_m`` (x, y) in metres, ``inputs`` (N,) dataset indices.
+    """
     arrays = {"intensity": np.asarray(intensity, dtype=np.float64), "pitch_m": np.float64(pitch_m)}
     if labels is not None:
         arrays["labels"] = np.asarray(labels, dtype=np.int64)

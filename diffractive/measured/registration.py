@@ -49,7 +49,13 @@ from .io import MeasuredDataError
 
 @dataclass
 class Registration:
-    """Scan frame -> design frame: ``r = offset + scale * R(rotation) @ x`` (see module doc)."""
+    """Scan frame -> design frame: ``r = offset + scale * R(rotation) @ x`` (see module doc).
+
+    ``offset_m`` (dx, dy) in metres, ``rotation_rad`` in radians (counter-clockwise),
+    ``scale`` the true scan step / recorded ``pitch_m``; ``method`` how it was found,
+    ``score`` the match (a correlation, or the fraction of power on the detectors),
+    ``n_samples`` the scans used.
+    """
 
     offset_m: tuple = (0.0, 0.0)
     rotation_rad: float = 0.0
@@ -60,15 +66,18 @@ class Registration:
     note: str = ""
 
     def to_design(self, x, y):
+        """Design-frame (rx, ry), metres, of scan-frame points ``x, y`` (metres; scalars or arrays of one shape)."""
         c, s = math.cos(self.rotation_rad), math.sin(self.rotation_rad)
         return (self.offset_m[0] + self.scale * (c * x - s * y), self.offset_m[1] + self.scale * (s * x + c * y))
 
     def to_scan(self, rx, ry):
+        """The inverse of :meth:`to_design`: scan-frame (x, y), metres, of design-frame points ``rx, ry``."""
         c, s = math.cos(self.rotation_rad), math.sin(self.rotation_rad)
         dx, dy = (rx - self.offset_m[0]) / self.scale, (ry - self.offset_m[1]) / self.scale
         return c * dx + s * dy, -s * dx + c * dy
 
     def to_json(self) -> dict:
+        """JSON-ready dict (offset in metres, rotation in radians and degrees; NaN score as None)."""
         return {"method": self.method, "offset_m": [float(v) for v in self.offset_m],
                 "rotation_rad": float(self.rotation_rad), "rotation_deg": math.degrees(self.rotation_rad),
                 "scale": float(self.scale), "score": None if not math.isfinite(self.score) else float(self.score),
@@ -113,7 +122,12 @@ def check_scan_geometry(scan, detectors) -> None:
 
 # --------------------------------------------------------------------------- integration
 def scan_detector_masks(shape, pitch_m, origin_m, detectors, reg: Registration, n_sub: int = 8) -> np.ndarray:
-    """Area weights (K, H, W) of each detector region on the scan grid, for registration ``reg``."""
+    """Area weights (K, H, W) of each detector region on the scan grid, for registration ``reg``.
+
+    ``shape`` (H, W), ``pitch_m`` and ``origin_m`` (x, y) in metres describe the scan grid;
+    each weight is the fraction (0 ... 1) of that scan pixel inside the registered detector
+    (``n_sub`` x ``n_sub`` sub-samples per pixel when rotated).
+    """
     H, W = shape
     xs = origin_m[0] + np.arange(W) * pitch_m
     ys = origin_m[1] + np.arange(H) * pitch_m
@@ -147,8 +161,9 @@ def scan_detector_masks(shape, pitch_m, origin_m, detectors, reg: Registration, 
 def integrate_scan(scan, detectors, reg: Registration, design_pitch_m: float):
     """Detector powers (N, K), total scanned power (N,) and each detector's covered fraction (K,).
 
-    Powers and totals are in design-pixel units (see module doc). A covered fraction
-    below 1 means part of that registered detector lies outside the scan.
+    Powers and totals are in design-pixel units (see module doc; ``design_pitch_m`` in
+    metres). A covered fraction below 1 means part of that registered detector lies outside
+    the scan.
     """
     masks = scan_detector_masks(scan.shape, scan.pitch_m, scan.origin_m, detectors, reg)
     factor = (reg.scale * scan.pitch_m / design_pitch_m) ** 2
@@ -257,9 +272,11 @@ def register_to_simulation(scan, sim_intensity, design_pitch_m: float, *, mode: 
                            max_samples: int = 16) -> Registration:
     """Estimate the registration of ``scan`` by matching simulated intensities of the same inputs.
 
-    ``sim_intensity`` (N, ny, nx) on the design grid, in the order of the scans.
+    ``sim_intensity`` (N, ny, nx) on the design grid (pitch ``design_pitch_m``, metres), in
+    the order of the scans.
     ``mode``: ``"offset"`` (lateral offset only) or ``"full"`` (offset, rotation, scale).
-    Uses at most ``max_samples`` scans, spread over the file.
+    Uses at most ``max_samples`` scans, spread over the file. Returns a :class:`Registration`
+    whose ``score`` is the mean normalised cross-correlation at the optimum.
     """
     from scipy.optimize import minimize  # noqa: PLC0415
 
@@ -311,7 +328,11 @@ def register_to_simulation(scan, sim_intensity, design_pitch_m: float, *, mode: 
 def register_to_detectors(scan, detectors, design_pitch_m: float, *, max_offset_m: float | None = None) -> Registration:
     """Fallback registration without known inputs: the lateral offset, within
     ``max_offset_m`` (default: half the smallest distance between detector centres), that
-    maximises the fraction of the scanned power falling on the detectors."""
+    maximises the fraction of the scanned power falling on the detectors.
+
+    ``max_offset_m`` in metres; returns a :class:`Registration` (offset only) whose ``score``
+    is that fraction for the mean normalised scan.
+    """
     from scipy.optimize import minimize  # noqa: PLC0415
 
     p = scan.pitch_m

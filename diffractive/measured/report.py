@@ -23,6 +23,8 @@ from ..errors import OutputExists
 
 
 def confusion_figure(ev, path):
+    """PNG at ``path``: the measured confusion matrix of :class:`~.evaluate.Evaluation` ``ev``
+    (and the simulated one beside it, when there is a simulation)."""
     panels = [(ev.confusion, f"measured: {100 * ev.accuracy:.1f} %")]
     if ev.sim_predictions is not None:
         from .stats import confusion_matrix  # noqa: PLC0415
@@ -68,6 +70,7 @@ def powers_figure(ev, path):
 
 
 def distribution_figure(ev, path):
+    """PNG at ``path``: the (C, K) power distribution per true class, measured (and simulated)."""
     panels = [(ev.distribution, "measured")]
     if ev.sim_powers is not None:
         from .stats import power_distribution  # noqa: PLC0415
@@ -81,6 +84,7 @@ def distribution_figure(ev, path):
 
 
 def margin_figure(ev, path):
+    """PNG at ``path``: histogram of the per-sample margins (fractions of the detected power)."""
     fig = _figure(5, 3.4)
     ax = fig.add_subplot(1, 1, 1)
     m = ev.margins
@@ -93,7 +97,8 @@ def margin_figure(ev, path):
 
 
 def scan_figure(ev, scan, detectors, path, max_panels=10):
-    """Scans (one per class where possible) with the registered detector regions drawn."""
+    """PNG at ``path``: scans (one per class where possible, at most ``max_panels``) with the
+    registered detector regions drawn; axes in mm."""
     from matplotlib.patches import Polygon  # noqa: PLC0415
 
     picks = []
@@ -140,6 +145,7 @@ def _md_table(header, rows):
 
 
 def markdown(ev, figures) -> str:
+    """``report.md`` text for ``ev``; ``figures`` lists (file name, caption) of the PNGs."""
     j = ev.to_json()
     lo, hi = j["accuracy_ci95"]
     L = [f"# Evaluation of `{ev.source}`", "",
@@ -178,6 +184,7 @@ def markdown(ev, figures) -> str:
 
 
 def html_page(ev, figures) -> str:
+    """``index.html`` text for ``ev``; ``figures`` lists (file name, caption) of the PNGs."""
     j = ev.to_json()
     lo, hi = j["accuracy_ci95"]
     e = html.escape
@@ -212,7 +219,11 @@ def check_report_dir(path, force=False) -> Path:
 
 def write_report(ev, path, *, scan=None, detectors=None, force=False) -> list:
     """Write figures, ``report.md``, ``index.html``, ``evaluation.json`` (and ``gains.json``
-    when gains were fitted) into folder ``path``, atomically. Returns the file names."""
+    when gains were fitted) into folder ``path``, atomically. Returns the file names.
+
+    ``scan`` (the :class:`~.io.Scan` that was evaluated) and ``detectors`` (the design's) add
+    the scan figure; ``force`` replaces a non-empty folder.
+    """
     path = check_report_dir(path, force)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:

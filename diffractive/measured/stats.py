@@ -20,7 +20,8 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
 
     Unlike the normal ("Wald") interval it stays inside [0, 1] and keeps close to its
     nominal coverage for small ``n`` and rates near 0 or 1 (Wilson 1927; Brown, Cai &
-    DasGupta 2001). ``n == 0`` gives ``(0, 1)``.
+    DasGupta 2001). Returns (lo, hi) as fractions; ``z`` is the normal quantile of the
+    confidence level. ``n == 0`` gives ``(0, 1)``.
     """
     if n <= 0:
         return 0.0, 1.0
@@ -40,14 +41,17 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
 
 
 def confusion_matrix(labels, predictions, n_classes: int) -> np.ndarray:
-    """Counts (C, C): rows are true classes, columns predicted classes."""
+    """Counts (C, C), C = ``n_classes``: rows are true classes, columns predicted classes.
+
+    ``labels`` and ``predictions``: (N,) class indices.
+    """
     conf = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(conf, (np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)), 1)
     return conf
 
 
 def margins(scores, labels, powers) -> np.ndarray:
-    """Relative classification margin per sample.
+    """Relative classification margin per sample, (N,), from ``scores`` (N, C), ``labels`` (N,) and ``powers`` (N, K).
 
     ``(score[true] - max over other classes of score) / sum_k |power_k|``: positive when
     the sample is classified correctly, and the fraction of the detected power by which
@@ -87,7 +91,7 @@ def power_distribution(powers, labels, n_classes: int) -> np.ndarray:
 
 
 def row_correlation(a, b) -> np.ndarray:
-    """Pearson correlation of each row of ``a`` with the same row of ``b`` (NaN if constant)."""
+    """Pearson correlation (N,) of each row of ``a`` (N, K) with the same row of ``b`` (N, K) (NaN if constant)."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     a = a - a.mean(axis=1, keepdims=True)
@@ -98,7 +102,10 @@ def row_correlation(a, b) -> np.ndarray:
 
 
 def pooled_correlation(a, b) -> float:
-    """Pearson correlation of all readings, each sample normalised to unit total first."""
+    """Pearson correlation of all readings of ``a`` and ``b`` (N, K), each sample normalised to unit total first.
+
+    Samples with no power in either are left out; NaN when nothing (or nothing varying) is left.
+    """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     na = np.abs(a).sum(axis=1, keepdims=True)
