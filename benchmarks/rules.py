@@ -52,6 +52,14 @@ SETTINGS = {
 
 
 def base_doc(a, rule="backprop", options=None, **trainer):
+    """The config document (as :func:`training.config.parse_config` reads it) of the benchmark network.
+
+    ``a``: the parsed options of :func:`add_network_arguments` (``--distance``,
+    ``--input-size``, ``--det-size``, ``--det-spacing`` in metres; 0.4 mm pitch); ``rule``
+    and its ``options`` (the ``[trainer.<rule>]`` table, None for none); ``trainer``:
+    further ``[trainer]`` keys. ``[data]`` names only the dataset, so the split is the
+    default one (split seed 0, validation fraction 0.1).
+    """
     L = a.layers
     doc = {"name": f"bench-{rule}",
            "geometry": {"layer_shape": [a.grid, a.grid], "n_layers": L, "distance_m": a.distance, "pitch_m": 0.4e-3},
@@ -66,6 +74,8 @@ def base_doc(a, rule="backprop", options=None, **trainer):
 
 
 def pat_options(a):
+    """PAT's options: gap errors of ``--pat-distance-error`` metres (alternating sign, one per
+    gap, L+1) and layer shifts of ``--pat-shift`` pixels (alternating per layer and axis, (L, 2))."""
     o = dict(SETTINGS["pat"][0])
     d = a.pat_distance_error
     o["distance_error_m"] = [d * (-1) ** i for i in range(a.layers + 1)]
@@ -74,7 +84,11 @@ def pat_options(a):
 
 
 def add_network_arguments(p, dataset="mnist", train=3000, val=500, epochs=3):
-    """The network, data and run options :func:`base_doc` reads (shared with superpixels.py)."""
+    """The network, data and run options :func:`base_doc` reads (shared with superpixels.py).
+
+    ``--distance``, ``--input-size``, ``--det-size`` and ``--det-spacing`` are in metres;
+    ``--train``, ``--val``, ``--test`` count images (0: the whole split where allowed).
+    """
     p.add_argument("--dataset", default=dataset)
     p.add_argument("--grid", type=int, default=40)
     p.add_argument("--layers", type=int, default=2)
@@ -92,6 +106,7 @@ def add_network_arguments(p, dataset="mnist", train=3000, val=500, epochs=3):
 
 
 def main(argv=None):
+    """Train every ``--rules`` rule on the same network and data; print the Markdown table (and write ``--json``)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_network_arguments(p)
     p.add_argument("--floor-seeds", type=int, default=5)
@@ -106,11 +121,16 @@ def main(argv=None):
 
     from diffractive.simulate import input_fields
     from training.config import parse_config
-    from training.datasets import load_split
+    from training.datasets import design_split, load_split
     from training.model import D2NN, design_from_config
     from training.trainer import Trainer
 
     rules = [r.strip() for r in a.rules.split(",") if r.strip()]
+    # Data to train from the configs of base_doc, loaded once and handed to every Trainer (data=): the
+    # split those configs describe ([data] sets no split_seed / val_fraction: seed 0, fraction 0.1), so
+    # it is the split each trained design records in its provenance. The Trainer's test accuracy uses te.
+    # Designs evaluated here (the floor's random masks, backprop's design on PAT's physics) take their
+    # images from design_split, the split the design was trained and validated on (for "test": the same te).
     tr = load_split(a.dataset, "train", limit=a.train or None, seed=0)
     va = load_split(a.dataset, "val", limit=a.val or None, seed=0)
     te = load_split(a.dataset, "test", limit=a.test or None)
@@ -122,14 +142,20 @@ def main(argv=None):
     results, curves, extras = {}, {}, {}
     physics_of = {}
 
+    def test_split(design):
+        """The test images and labels ``design`` is evaluated on: its design_split, limited by ``--test``."""
+        return design_split(design, a.dataset, "test", limit=a.test or None)
+
     def physics_accuracy(model, physics):
+        """Test accuracy (fraction) of ``model``'s design with ``physics`` in place of the ideal stack."""
+        xt, yt = test_split(model.design)
         correct = 0
-        for s in range(0, len(te[1]), 256):
-            f = input_fields(model.design, te[0][s:s + 256])
+        for s in range(0, len(yt), 256):
+            f = input_fields(model.design, xt[s:s + 256])
             I = torch.from_numpy(physics.intensity(model.phase.detach().numpy(), f).astype(np.float32))
             pred = (model.readout(I) @ model.score_matrix).argmax(1).numpy()
-            correct += int((pred == te[1][s:s + 256]).sum())
-        return correct / len(te[1])
+            correct += int((pred == yt[s:s + 256]).sum())
+        return correct / len(yt)
 
     for rule in rules:
         t0 = time.perf_counter()
@@ -138,13 +164,14 @@ def main(argv=None):
             for seed in range(a.floor_seeds):
                 cfg = parse_config(base_doc(a, seed=seed))
                 model = D2NN(design_from_config(cfg), workers=a.workers)
+                xt, yt = test_split(model.design)
                 with torch.no_grad():
                     correct = 0
-                    for s in range(0, len(te[1]), 256):
-                        I = model(torch.from_numpy(te[0][s:s + 256]))
+                    for s in range(0, len(yt), 256):
+                        I = model(torch.from_numpy(xt[s:s + 256]))
                         correct += int(((model.readout(I) @ model.score_matrix).argmax(1).numpy()
-                                        == te[1][s:s + 256]).sum())
-                accs.append(correct / len(te[1]))
+                                        == yt[s:s + 256]).sum())
+                accs.append(correct / len(yt))
             results[rule] = {"test_accuracy": float(np.mean(accs)), "spread": float(np.std(accs)), "evaluations": 0,
                              "seconds": 0.0, "note": f"random masks, mean +/- std of {a.floor_seeds} seeds"}
             print(f"{rule}: {results[rule]}", flush=True)
@@ -167,7 +194,7 @@ def main(argv=None):
                          "val_accuracy": h["val_accuracy"]} for h in metrics["history"]]
         results[name] = {"test_accuracy": metrics["test_accuracy"], "evaluations": int(evals), "seconds": seconds,
                          "wall_seconds": time.perf_counter() - t0, "note": ""}
-        if rule == "dfa":
+        if rule == "dfa":  # measured on the trainer's own validation images (va, as handed to it)
             xb, yb = torch.from_numpy(va[0][:64]), torch.from_numpy(va[1][:64])
             angles = trainer.rule.alignment(xb, yb)
             extras["dfa_alignment_deg"] = angles
@@ -194,7 +221,8 @@ def main(argv=None):
                 results[name]["note"] = f"on the mismatched physics; recovers {100 * rec:.0f} % of backprop's loss"
                 extras["pat_recovered_fraction"] = rec
             extras["pat_physics"] = {"distances_m": list(physics.geometry.distances_m),
-                                     "shifts_px": physics.shifts_px.tolist(), "z_step_m": physics.z_step_m}
+                                     "shifts_px": physics.shifts_px.tolist(), "z_step_m": physics.z_step_m,
+                                     "as_built": physics.as_built.to_json()}
         print(f"{name}: {results[name]}", flush=True)
 
     lines = [f"Scale: {scale}. CPU: {platform.processor() or platform.machine()}, "

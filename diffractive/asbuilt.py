@@ -63,10 +63,11 @@ import numpy as np
 
 from . import heights as _heights
 from ._validate import finite_real, non_negative_finite
-from .backend import get_array_module, resolve_backend, to_numpy
+from .backend import resolve_backend, to_numpy
 from .detectors import class_scores, detector_masks
 from .errors import D2NNError, FieldError, field_errors
 from .grid import Grid
+from .layers import transmission
 from .stack import StackGeometry, forward, new_engine
 
 #: The largest oversampling factor accepted (a Lin-size stack at k = 8 needs 3200 x 3200 FFTs).
@@ -319,6 +320,16 @@ class BuiltStack:
         smooth = _heights.phase_to_height(phases, lam, n0, base_m=base)
         return smooth + (quantised - smooth).detach()
 
+    @property
+    def prints_as_designed(self) -> bool:
+        """True when the printed layers are the designed ``exp(i phi)`` up to a global phase
+        (no quantisation, absorption, thickness, index, wavelength or defect error; placement
+        errors may be present). :meth:`transmissions` then returns exactly ``exp(i phi)``, so
+        the ideal as-built stack is :func:`diffractive.simulate.simulate` bit for bit."""
+        ab = self.as_built
+        return (ab.z_step_m is None and not ab.absorption and ab.thickness_error == 0 and ab.defect_fraction == 0
+                and ab.index_error == 0 and ab.wavelength_error == 0)
+
     def transmissions(self, phases=None, amplitudes=None, heights_m=None):
         """Complex transmissions (L, ny*k, nx*k) of the printed, placed layers.
 
@@ -330,9 +341,17 @@ class BuiltStack:
         d, ab = self.design, self.as_built
         if heights_m is None:
             phases = self.xp.asarray(d.phases, dtype=np.float32) if phases is None else phases
-            h = self.printed_heights(phases)
             if amplitudes is None and d.amplitudes is not None and _lib(phases)[0] != "torch":
                 amplitudes = self.xp.asarray(d.amplitudes, dtype=np.float32)
+            if self.prints_as_designed:
+                kind, lib = _lib(phases)
+                if kind == "torch":
+                    t = lib.polar(lib.ones_like(phases), phases)
+                    t = t if amplitudes is None else t * amplitudes
+                else:
+                    t = transmission(phases, amplitudes)
+                return self._place(t, kind, lib)
+            h = self.printed_heights(phases)
         else:
             h = heights_m
         kind, lib = _lib(h)
@@ -349,8 +368,12 @@ class BuiltStack:
             t = t.astype(np.complex64 if h.dtype == np.float32 else np.complex128, copy=False)
         if amplitudes is not None:
             t = t * amplitudes
-        layers = [apply_placement(t[i], p, self.fine_shape) for i, p in enumerate(self.layer_placements)]
-        return lib.stack(layers) if kind == "torch" else lib.stack(layers)
+        return self._place(t, kind, lib)
+
+    def _place(self, t, kind, lib):
+        if self.oversample == 1 and all(p is None for p in self.layer_placements):
+            return t
+        return lib.stack([apply_placement(t[i], p, self.fine_shape) for i, p in enumerate(self.layer_placements)])
 
     # -- input and detectors ----------------------------------------------------------
     def input_fields(self, images):

@@ -113,23 +113,46 @@ def transfer_function(field_shape, window_shape, pitch_m, wavelength_m, distance
     of the window on one side by ``|s|``.
     """
     NY, NX = window_shape
-    fy = np.fft.fftfreq(NY, d=pitch_m)[:, None]
-    fx = np.fft.fftfreq(NX, d=pitch_m)[None, :]
-    arg = 1.0 / wavelength_m**2 - fx**2 - fy**2
-    propagating = arg > 0
-    kz_z = 2 * np.pi * distance_m * np.sqrt(np.where(propagating, arg, 0.0))
-    H = np.where(propagating, np.exp(1j * kz_z), 0.0)
+    fy, fx, kz_quadrant, iy, ix = _kz_grid(tuple(int(n) for n in window_shape), float(pitch_m),
+                                           float(wavelength_m))
+    # kz depends on fx^2 and fy^2 only: exponentiate one quadrant, then index the full window
+    # (the as-built model recomputes these for every drawn stack; exp is the expensive part)
+    q = np.exp((1j * distance_m) * kz_quadrant)
+    q[kz_quadrant == 0] = 0.0  # evanescent: dropped
+    H = q[iy[:, None], ix[None, :]]
+    keep_y, keep_x = np.ones(NY), np.ones(NX)
     if band_limit:
         fy_max, fx_max = band_limit_frequencies(field_shape, window_shape, pitch_m, wavelength_m, distance_m)
-        H = H * ((np.abs(fx) <= fx_max) & (np.abs(fy) <= fy_max))
+        keep_y, keep_x = (np.abs(fy) <= fy_max).astype(float), (np.abs(fx) <= fx_max).astype(float)
     sx, sy = (float(v) for v in shift_xy_m)
-    if sx or sy:
-        H = H * np.exp(2j * np.pi * (fx * sx + fy * sy))
-    if normalise:
-        H = H / (NY * NX)
+    row = keep_y * np.exp(2j * np.pi * fy * sy) if sy else keep_y
+    col = keep_x * np.exp(2j * np.pi * fx * sx) if sx else keep_x
+    scale = 1.0 / (NY * NX) if normalise else 1.0
+    H *= row[:, None] * scale
+    H *= col[None, :]
     if conjugate:
         H = np.conj(H)
     return xp.asarray(H.astype(dtype))
+
+
+@functools.lru_cache(maxsize=8)
+def _kz_grid(window_shape, pitch_m, wavelength_m):
+    """``(fy (NY,), fx (NX,), kz_quadrant, iy (NY,), ix (NX,))`` on the FFT grid:
+    ``kz = 2 pi sqrt(1/lambda^2 - f^2)`` for propagating waves, exactly 0 for evanescent ones,
+    on the non-negative-frequency quadrant; ``kz_quadrant[iy[i], ix[j]]`` is the value at FFT
+    index (i, j). Cached: every drawn as-built stack recomputes its transfer functions on the
+    same grid (cleared by clear_caches)."""
+    NY, NX = window_shape
+    fy = np.fft.fftfreq(NY, d=pitch_m)
+    fx = np.fft.fftfreq(NX, d=pitch_m)
+    iy = np.minimum(np.arange(NY), (NY - np.arange(NY)) % NY)
+    ix = np.minimum(np.arange(NX), (NX - np.arange(NX)) % NX)
+    qy, qx = fy[:NY // 2 + 1], fx[:NX // 2 + 1]
+    arg = 1.0 / wavelength_m**2 - qx[None, :] ** 2 - qy[:, None] ** 2
+    kz = 2 * np.pi * np.sqrt(np.where(arg > 0, arg, 0.0))
+    for a in (fy, fx, kz, iy, ix):
+        a.setflags(write=False)
+    return fy, fx, kz, iy, ix
 
 
 @dataclass(frozen=True)
@@ -504,6 +527,7 @@ def clear_caches() -> None:
     """
     _single_hop_engines.cache_clear()
     _chain_engines.cache_clear()
+    _kz_grid.cache_clear()
     clear_fft_caches()
 
 

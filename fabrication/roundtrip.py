@@ -3,19 +3,23 @@
 :func:`heights_from_stl` reads an STL file on its own (it does not reuse the mesh
 builder): it takes the upward-facing triangles, finds for each pixel centre of the
 active area the triangle above it, and checks that the surface there is flat and lies on
-a whole printer layer. :func:`transmissions_from_stl` does this for every layer of an
-export and applies the material model (:func:`diffractive.heights.height_to_transmission`,
-absorption included), so ``d2nn simulate --from-stl`` simulates the stack as printed.
+a whole printer layer. :func:`printed_from_stl` does this for every layer of an export and
+returns the heights in metres with the design carrying the export's material, ready for
+:func:`diffractive.asbuilt.simulate_built` (``heights_m=``, with
+``AsBuilt(absorption=True)``): ``d2nn simulate --from-stl`` simulates the stack as printed
+through the one as-built model, at any oversampling. :func:`transmissions_from_stl` gives
+the same stack's layer transmissions (:meth:`diffractive.asbuilt.BuiltStack.transmissions`:
+:func:`diffractive.heights.height_to_transmission`, absorption included).
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings as _warnings
 from pathlib import Path
 
 import numpy as np
 
 from .export import read_manifest
-from diffractive.heights import height_to_transmission
 from .materials import FabricationError, Material, material_from_dict
 from .mesh import read_stl_triangles, sha256_file
 
@@ -91,7 +95,11 @@ def heights_from_stl(path, shape, pitch_mm, z_step_mm, active_mm=None) -> np.nda
 
 
 def heights_from_export(design, stl_dir, check_sha=True):
-    """Levels (L, ny, nx) of every layer of an export, and its manifest."""
+    """Heights (L, ny, nx) int32 in printer layers of every layer of the export in ``stl_dir``, and its manifest.
+
+    The manifest's layer shape, layer count and pitch must match ``design``; with
+    ``check_sha`` a file whose SHA-256 differs from the manifest's is read with a warning.
+    """
     stl_dir = Path(stl_dir)
     man = read_manifest(stl_dir)
     d = man.get("design", {})
@@ -119,12 +127,14 @@ def heights_from_export(design, stl_dir, check_sha=True):
     return out, man
 
 
-def transmissions_from_stl(design, stl_dir, material=None) -> np.ndarray:
-    """Complex transmissions (L, ny, nx) complex64 of the layers as printed, from their STL files.
+def printed_from_stl(design, stl_dir, material=None):
+    """The stack as printed, from the STL files of an export: ``(printed_design, heights_m, manifest)``.
 
-    Heights are recovered exactly (whole printer layers, z step from the manifest); the
-    material is ``material`` (a :class:`Material` or ``{name, n, kappa}``) or else the
-    manifest's. The base's uniform phase and absorption are included.
+    ``heights_m`` (L, ny, nx) float64, metres: every pixel's printed height (whole printer
+    layers, z step from the manifest; base included). ``printed_design`` is ``design`` with
+    the material ``material`` (a :class:`Material` or ``{name, n, kappa}``) or else the one
+    the manifest recorded. Simulate it with
+    ``simulate_built(printed_design, images, AsBuilt(absorption=True), heights_m=heights_m)``.
     """
     levels, man = heights_from_export(design, stl_dir)
     if material is None:
@@ -133,6 +143,19 @@ def transmissions_from_stl(design, stl_dir, material=None) -> np.ndarray:
         mat = material
     else:
         mat = material_from_dict(material)
+    printed = design if mat == design.material else dataclasses.replace(design, material=mat)
     z_m = float(man["z_step_mm"]) * 1e-3
-    h = levels.astype(np.float64) * z_m
-    return height_to_transmission(h, design.wavelength_m, mat.n, mat.kappa).astype(np.complex64)
+    return printed, levels.astype(np.float64) * z_m, man
+
+
+def transmissions_from_stl(design, stl_dir, material=None) -> np.ndarray:
+    """Complex transmissions (L, ny, nx) complex64 of the layers as printed, from their STL files.
+
+    Heights are recovered exactly (:func:`printed_from_stl`); the material is ``material``
+    or else the manifest's. The base's uniform phase and absorption are included: the
+    layers of :func:`diffractive.asbuilt.build` ``(printed_design, AsBuilt(absorption=True))``.
+    """
+    from diffractive.asbuilt import AsBuilt, build  # noqa: PLC0415
+
+    printed, heights_m, _ = printed_from_stl(design, stl_dir, material)
+    return build(printed, AsBuilt(absorption=True)).transmissions(heights_m=heights_m).astype(np.complex64)

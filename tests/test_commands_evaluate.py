@@ -92,6 +92,46 @@ def test_scan_offset_is_recovered_through_the_commands(capsys, design_dir, tmp_p
     assert j["simulation"]["same_prediction"]["rate"] >= 0.8
 
 
+def test_a_budget_draw_is_the_as_built_stack_and_its_detector_offset_is_registered(capsys, design_dir, tmp_path):
+    """--budget draws one AsBuilt (recorded in the truth file); the draw's detector-plane offset
+    becomes the scan frame's, which 'd2nn evaluate' then recovers; --oversample is recorded."""
+    from diffractive.asbuilt import AsBuilt, simulate_built
+    from diffractive.budget import load_budget
+    from diffractive.design import load_design
+
+    out = tmp_path / "scan.npz"
+    j = run_json(capsys, "measure-sim", design_dir, "--dataset", "digits", "--samples", 12, "--format", "scan",
+                 "--out", out, "--budget", "hand", "--seed", 3, "--oversample", 2)
+    truth = json.loads((tmp_path / "scan.npz.truth.json").read_text())
+    design = load_design(design_dir)
+    drawn = load_budget("hand").draw(np.random.default_rng([3, 2]), design.n_layers, design.fabrication.z_step_m)
+    ab = AsBuilt.from_json(truth["as_built"])
+    assert ab == AsBuilt(**{**drawn.__dict__, "detector_offset_xy_m": (0.0, 0.0), "detector_rotation_rad": 0.0})
+    assert truth["detector_offset_m"] == list(drawn.detector_offset_xy_m) and truth["oversample"] == 2
+    assert j["budget"] == "hand" and j["oversample"] == 2 and truth["budget"]["name"] == "hand"
+    assert ab.layer_offsets_xy_m and ab.gap_errors_m and ab.absorption and ab.z_step_m is not None
+    # the budget's stack, oversampled, is the one measured
+    csv = tmp_path / "lab.csv"
+    run_json(capsys, "measure-sim", design_dir, "--dataset", "digits", "--samples", 12, "--format", "csv",
+             "--out", csv, "--budget", "hand", "--seed", 3, "--oversample", 2, "--misalign", "rotation=0")
+    lab = json.loads((tmp_path / "lab.csv.truth.json").read_text())
+    from training.datasets import design_split
+
+    images, _ = design_split(design, "digits", "test")
+    ref = simulate_built(design, images[np.asarray(lab["inputs"])], ab, oversample=2)
+    assert lab["noiseless_predictions"] == ref.predictions.tolist()
+    # a budget file with a detector-plane offset only: 'd2nn evaluate' registers the drawn offset
+    (tmp_path / "det.toml").write_text("absorption = false\nquantise = false\n[detector_offset_m]\nuniform = 0.8e-3\n")
+    det = tmp_path / "det.npz"
+    run_json(capsys, "measure-sim", design_dir, "--dataset", "digits", "--samples", 12, "--format", "scan",
+             "--out", det, "--budget", tmp_path / "det.toml", "--seed", 5)
+    truth = json.loads((tmp_path / "det.npz.truth.json").read_text())
+    dx, dy = truth["detector_offset_m"]
+    assert AsBuilt.from_json(truth["as_built"]).is_ideal and np.hypot(dx, dy) > 0.1e-3
+    reg = run_json(capsys, "evaluate", design_dir, "--measured", det)["registration"]
+    assert np.hypot(reg["offset_m"][0] - dx, reg["offset_m"][1] - dy) < 0.25 * design.pitch_m
+
+
 def test_fitted_gains_recover_the_true_gains_and_a_gains_file_applies_them(capsys, design_dir, tmp_path):
     out = tmp_path / "lab.csv"
     text = measure(capsys, design_dir, out, "--detector-gain-spread", "0.1", "--noise", "0.002", "--dark", "0.05",
@@ -244,7 +284,13 @@ def test_measure_sim_refusals(capsys, design_dir, tmp_path):
                        (["--format", "csv", "--out", tmp_path / "x.npz"], "writes a .csv file"),
                        (["--format", "csv", "--out", tmp_path / "y.csv", "--misalign", "tilt=1"], "unknown key 'tilt'"),
                        (["--format", "csv", "--out", tmp_path / "y.csv", "--noise", "-1"], "--noise must be"),
-                       (["--format", "csv", "--out", tmp_path / "y.csv", "--scan-pitch", "1mm"], "apply to --format scan")]:
+                       (["--format", "csv", "--out", tmp_path / "y.csv", "--scan-pitch", "1mm"], "apply to --format scan"),
+                       (["--format", "csv", "--out", tmp_path / "y.csv", "--layer-shift", "linear"],
+                        "--layer-shift is gone"),
+                       (["--format", "csv", "--out", tmp_path / "y.csv", "--oversample", "9"], "--oversample must be"),
+                       (["--format", "csv", "--out", tmp_path / "y.csv", "--budget", "nosuch"], "budget 'nosuch'"),
+                       (["--format", "csv", "--out", tmp_path / "y.csv", "--budget", "hand", "--misalign",
+                         "detector=0.1mm,0mm"], "draws the detector plane")]:
         code, _, err = run(capsys, "measure-sim", design_dir, "--dataset", "digits", "--samples", 3, *extra)
         assert code == 2 and msg in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lab.csv", "lab.csv.truth.json"]

@@ -13,7 +13,7 @@ from fabrication.export import export_design
 from fabrication.heights import height_to_transmission, phase_to_steps
 from fabrication.materials import FabricationError, Material
 from fabrication.mesh import sha256_file
-from fabrication.roundtrip import heights_from_export, transmissions_from_stl
+from fabrication.roundtrip import heights_from_export, printed_from_stl, transmissions_from_stl
 from fabrication.validate import PrinterSpec, printability, stl_report
 
 SHAPE = (12, 10)
@@ -101,6 +101,61 @@ def test_manifest_mismatch_is_reported(exported):
     other = make_design(layer_shape=(12, 11), n_layers=3, spacing_m=8e-3)
     with pytest.raises(FabricationError, match="layers of"):
         transmissions_from_stl(other, out)
+
+
+def test_printed_from_stl_is_the_as_built_stack_of_the_read_heights(design, exported):
+    from diffractive.asbuilt import AsBuilt, build
+
+    out, _ = exported
+    printed, h, man = printed_from_stl(design, out)
+    levels, _ = heights_from_export(design, out)
+    np.testing.assert_allclose(h, levels * man["z_step_mm"] * 1e-3, rtol=1e-12)
+    assert printed.material.n == man["material"]["n"] and printed.material.kappa == man["material"]["kappa"]
+    t = build(printed, AsBuilt(absorption=True)).transmissions(heights_m=h)
+    np.testing.assert_allclose(t, transmissions_from_stl(design, out), atol=1e-6)
+    other, _, _ = printed_from_stl(design, out, material=Material("clear", 1.5, 0.0))
+    assert (other.material.n, other.material.kappa) == (1.5, 0.0)
+
+
+def test_cli_simulate_from_stl_keeps_the_export_material_and_oversamples(small_design, tmp_path, capsys):
+    """``d2nn simulate --from-stl``: the stack re-read from an export made with another material
+    than the design's is simulated with the export's material (its heights were computed for it),
+    through the as-built model; its accuracy is the ideal stack's to within the quantisation."""
+    from diffractive.asbuilt import AsBuilt, simulate_built
+    from diffractive.design import load_design
+    from training.datasets import design_split
+
+    save_design(small_design(), tmp_path / "d")
+    mat = tmp_path / "m.toml"
+    mat.write_text('name = "Resin X"\nn = 1.6\nkappa = 0.002\n')
+    assert main(["export", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--material-file", str(mat),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+
+    def sim(*extra):
+        assert main(["simulate", str(tmp_path / "d"), "--dataset", "digits", "--limit", "60", "--json", *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    ideal, stl = sim(), sim("--from-stl", str(tmp_path / "o"))
+    assert stl["source"] == "stl" and stl["material"]["name"] == "Resin X" and stl["oversample"] == 1
+    assert abs(stl["accuracy"] - ideal["accuracy"]) <= 0.05
+    assert (stl["material"]["n"], stl["material"]["kappa"]) == (1.6, 0.002)
+    design = load_design(tmp_path / "d")
+    images, labels = design_split(design, "digits", "test", limit=60)
+    printed, h, _ = printed_from_stl(design, tmp_path / "o")
+    ref = simulate_built(printed, images, AsBuilt(absorption=True), heights_m=h)
+    assert stl["correct"] == int(np.sum(ref.predictions == labels))
+    # with the design's own material the printed heights would be read as the wrong phases
+    wrong = simulate_built(design, images, AsBuilt(absorption=True), heights_m=h)
+    assert np.abs(wrong.powers - ref.powers).max() > 0.05 * ref.powers.max()
+    # --oversample applies with and without --from-stl
+    fine, fine_stl = sim("--oversample", "2"), sim("--from-stl", str(tmp_path / "o"), "--oversample", "2")
+    assert fine["oversample"] == 2 and fine_stl["oversample"] == 2 and fine["source"] == "ideal"
+    ref2 = simulate_built(printed, images, AsBuilt(absorption=True), heights_m=h, oversample=2)
+    assert fine_stl["correct"] == int(np.sum(ref2.predictions == labels))
+    assert abs(fine["accuracy"] - ideal["accuracy"]) <= 0.1
+    assert main(["simulate", str(tmp_path / "d"), "--dataset", "digits", "--oversample", "0"]) == 2
+    assert "--oversample must be" in capsys.readouterr().err
 
 
 def test_refuses_non_empty_dir_and_force_replaces(design, tmp_path):

@@ -1,12 +1,16 @@
 """Synthetic lab data: exact when ideal, physically right when shifted, seeded, parsed options."""
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 
+from diffractive.asbuilt import AsBuilt, simulate_built
+from diffractive.design import make_design
 from diffractive.errors import D2NNError
-from diffractive.measured.synthetic import Imperfections, choose_samples, sample_output, shift_layers, simulate_lab
-from diffractive.simulate import design_transmissions, simulate
+from diffractive.measured.synthetic import Imperfections, choose_samples, sample_output, simulate_lab
+from diffractive.simulate import design_transmissions, input_fields, simulate
+from diffractive.stack import forward
 
 
 @pytest.fixture(scope="module")
@@ -64,18 +68,32 @@ def test_field_sampling_is_band_limited_interpolation():
     np.testing.assert_allclose(sample_output(field, p, X[:, :-3] + 3, Y[:, :-3])[0], field[0][:, 3:], atol=1e-12)
 
 
-def test_layer_shifts():
-    rng = np.random.default_rng(0)
-    t = np.exp(1j * rng.uniform(0, 2 * np.pi, (2, 16, 16))).astype(np.complex64)
-    off = np.array([[2.0, -1.0], [0.0, 0.0]])  # layer 1: 2 px right (+x), 1 px up (-y)
-    for mode in ("nearest", "linear"):
-        s = shift_layers(t, off, 1.0, mode)
-        np.testing.assert_allclose(s[0, :15, 2:], t[0, 1:, :14], atol=1e-6)  # t'(r) = t(r - d)
-        assert np.all(s[0, :, :2] == 0) and np.all(s[0, 15, :] == 0)       # uncovered edge: opaque
-        np.testing.assert_array_equal(s[1], t[1])
-    half = shift_layers(t, np.array([[0.5, 0.0], [0.0, 0.0]]), 1.0, "linear")
-    np.testing.assert_allclose(half[0, :, 1:], 0.5 * (t[0, :, 1:] + t[0, :, :-1]), atol=1e-6)
-    assert np.array_equal(shift_layers(t, np.array([[0.4, 0.0], [0, 0]]), 1.0, "nearest"), t)
+def _roll(a, dx, dy):
+    """``a`` (..., ny, nx) moved by whole pixels (content at r goes to r + d), uncovered pixels 0."""
+    out = np.zeros_like(a)
+    ny, nx = a.shape[-2:]
+    out[..., max(dy, 0):ny + min(dy, 0), max(dx, 0):nx + min(dx, 0)] = \
+        a[..., max(-dy, 0):ny - max(dy, 0), max(-dx, 0):nx - max(dx, 0)]
+    return out
+
+
+def test_a_whole_pixel_layer_offset_is_the_rolled_layer(digits_split):
+    """t'(r) = t(r - d), uncovered pixels opaque: checked against an independent roll of the
+    layer's transmission on the design grid (a small object and short gaps keep the light
+    inside the grid, so the roll loses nothing the shifted plate would have passed)."""
+    design = make_design(layer_shape=(96, 96), n_layers=2, pitch_m=0.4e-3, spacing_m=4e-3, seed=0,
+                         input_size_yx_m=(6e-3, 6e-3), detector_size_m=1.2e-3, detector_spacing_m=2.4e-3)
+    images, labels = digits_split()
+    images, labels = images[:4], labels[:4]
+    p = design.pitch_m
+    off = np.array([[2 * p, -1 * p], [0.0, 0.0]])  # layer 1: 2 px towards +x, 1 px towards -y
+    lab = simulate_lab(design, images, labels, imperfections=Imperfections(layer_offsets_m=off), fmt="scan")
+    t = design_transmissions(design)
+    t[0] = _roll(t[0], 2, -1)
+    out = forward(design.geometry, t, input_fields(design, images)).output
+    ref = np.abs(out) ** 2
+    assert np.abs(lab.intensity - ref).max() < 1e-3 * ref.max()
+    assert np.abs(simulate_lab(design, images, labels, fmt="scan").intensity - ref).max() > 0.05 * ref.max()
 
 
 def test_layer_misalignment_changes_the_output_but_not_when_zero(data):
@@ -83,11 +101,47 @@ def test_layer_misalignment_changes_the_output_but_not_when_zero(data):
     base = simulate_lab(design, images, labels)
     zero = simulate_lab(design, images, labels, imperfections=Imperfections(layer_offsets_m=np.zeros((2, 2))))
     np.testing.assert_array_equal(zero.powers, base.powers)
-    moved = simulate_lab(design, images, labels,
-                         imperfections=Imperfections(layer_offsets_m=np.array([[0.0, 0.0], [2e-3, 0.0]])))
+    assert AsBuilt.from_json(zero.truth["as_built"]).is_ideal and zero.truth["oversample"] == 1
+    off = np.array([[0.0, 0.0], [2e-3, 0.3e-3]])
+    moved = simulate_lab(design, images, labels, imperfections=Imperfections(layer_offsets_m=off))
     assert np.abs(moved.powers - base.powers).max() > 0.05 * base.powers.max()
-    t = design_transmissions(design)
-    assert shift_layers(t, np.zeros((2, 2)), design.pitch_m).tolist() == t.tolist()
+    # the lab's layers are the as-built stack of diffractive.asbuilt, recorded in the truth
+    ab = AsBuilt(layer_offsets_xy_m=off)
+    assert moved.truth["as_built"] == ab.to_json() and moved.truth["layer_offsets_m"] == off.tolist()
+    ref = simulate_built(design, images, ab).powers
+    np.testing.assert_allclose(moved.powers, ref, rtol=1e-4, atol=1e-6 * ref.max())
+
+
+def test_any_as_built_stack_and_oversampling(data):
+    """A full AsBuilt (e.g. one draw of an error budget) at any oversampling is simulate_built's
+    stack; layer_offsets_m adds to its layer offsets; the detector-frame misalignment applies on top."""
+    design, images, labels = data
+    p = design.pitch_m
+    ab = AsBuilt(layer_offsets_xy_m=[(0.3 * p, 0.0), (0.0, -0.5 * p)], layer_rotations_rad=[0.0, 0.004],
+                 gap_errors_m=[0.2e-3, -0.1e-3, 0.0], z_step_m=design.fabrication.z_step_m, absorption=True,
+                 thickness_error=0.01)
+    for k in (1, 2):
+        lab = simulate_lab(design, images, labels, imperfections=Imperfections(as_built=ab), oversample=k)
+        ref = simulate_built(design, images, ab, oversample=k).powers
+        np.testing.assert_allclose(lab.powers, ref, rtol=1e-5, atol=1e-7 * ref.max())
+        assert lab.truth["as_built"] == ab.to_json() and lab.truth["oversample"] == k
+    extra = np.array([[0.2 * p, 0.0], [0.0, 0.5 * p]])
+    lab = simulate_lab(design, images, labels, imperfections=Imperfections(as_built=ab, layer_offsets_m=extra))
+    summed = dataclasses.replace(ab, layer_offsets_xy_m=[(0.5 * p, 0.0), (0.0, 0.0)])
+    assert lab.truth["as_built"] == summed.to_json()
+    np.testing.assert_allclose(lab.powers, simulate_built(design, images, summed).powers, rtol=1e-5)
+    # a scan at the fine pitch over the plane is the oversampled stack's output intensity; one at the
+    # design pitch samples it at the design's pixel centres
+    direct = simulate_built(design, images[:2], ab, oversample=2, keep_intensity=True).intensity
+    ny, nx = design.grid.shape
+    fine = simulate_lab(design, images[:2], labels[:2], fmt="scan", oversample=2, scan_pitch_m=design.pitch_m / 2,
+                        scan_shape=(2 * ny, 2 * nx), imperfections=Imperfections(as_built=ab))
+    np.testing.assert_allclose(fine.intensity, direct, rtol=1e-5, atol=1e-7 * direct.max())
+    coarse = simulate_lab(design, images[:2], labels[:2], fmt="scan", oversample=2,
+                          imperfections=Imperfections(as_built=ab))
+    assert coarse.intensity.shape[1:] == design.grid.shape and coarse.pitch_m == design.pitch_m
+    with pytest.raises(D2NNError, match="oversample"):
+        simulate_lab(design, images, labels, oversample=0)
 
 
 def test_choose_samples_is_balanced_and_seeded():
@@ -103,10 +157,14 @@ def test_imperfections_are_typed_and_checked():
     imp = Imperfections(noise=1, detector_offset_m=[1e-4, np.float64(-2e-4)])
     assert imp.noise == 1.0 and imp.detector_offset_m == (1e-4, -2e-4)
     for kwargs, msg in [({"noise": -0.1}, "noise must be a non-negative"), ({"dark": float("nan")}, "dark"),
-                        ({"scan_scale": 0}, "scan_scale must be a positive"), ({"layer_shift": "cubic"}, "layer_shift"),
+                        ({"scan_scale": 0}, "scan_scale must be a positive"),
+                        ({"as_built": {"layer_offsets_xy_m": []}}, "as_built must be"),
+                        ({"layer_offsets_m": [1e-3, 0.0]}, "layer_offsets_m must be"),
                         ({"detector_offset_m": (1.0,)}, "detector_offset_m must be a pair"),
                         ({"detector_rotation_rad": float("inf")}, "detector_rotation_rad must be finite")]:
         with pytest.raises(D2NNError, match=msg):
             Imperfections(**kwargs)
     with pytest.raises(TypeError, match="gain_spread must be a real number"):
         Imperfections(gain_spread="5 %")
+    with pytest.raises(TypeError, match="layer_shift"):  # sub-pixel shifts are exact now: no interpolation mode
+        Imperfections(layer_shift="linear")

@@ -303,18 +303,13 @@ def test_pat_with_a_perfect_twin_is_backprop(batch, tiny_config):
 
 
 def test_pat_forward_is_the_mismatched_physics_and_backward_the_twin(batch, tiny_config):
-    from training.rules.pat import shift_map
-
-    t = (np.arange(36, dtype=np.float32).reshape(6, 6) + 1).astype(np.complex64)
-    s = shift_map(t, 1, -2)
-    assert np.array_equal(s[1:, :4], t[:5, 2:]) and not s[0].any() and not s[:, 4:].any()
-    half = shift_map(np.ones((6, 6), np.complex64), 0.5, 0)
-    assert np.allclose(half[1:], 1) and np.allclose(half[0], 0.5)
     cfg = tiny_config("pat", {"distance_error_m": [0.5e-3, -0.5e-3, 0.5e-3], "z_step_m": 0.1e-3,
                               "shift_px": [[0.3, 0], [0, -0.3]]})
     model = D2NN(design_from_config(cfg))
     rule = make_rule(model, cfg, 10)
     assert not rule.physics.is_ideal
+    # the shifts live in the physics' geometry (shifted hops), not in the twin's
+    assert rule.physics.geometry.hop_shifts_xy_m and not model.geometry.hop_shifts_xy_m
     with torch.no_grad():
         twin = model(batch[0])
     phys = rule.evaluation_forward(batch[0])
@@ -326,6 +321,56 @@ def test_pat_forward_is_the_mismatched_physics_and_backward_the_twin(batch, tiny
     g_pat = torch.autograd.grad((intensity * w).sum(), model.phase)[0]
     g_twin = torch.autograd.grad((model(batch[0]) * w).sum(), model.phase)[0]
     assert torch.allclose(g_pat, g_twin, rtol=1e-4, atol=1e-6 * float(g_twin.abs().max()))
+
+
+def _open_design(**kw):
+    """A stack whose field stays well inside the grid (small object, short gaps): moving a plate
+    by a few pixels loses nothing at the edges, so a roll of the layer is an exact reference."""
+    from diffractive.design import make_design
+
+    args = dict(layer_shape=(96, 96), n_layers=2, pitch_m=0.4e-3, spacing_m=4e-3, seed=0,
+                input_size_yx_m=(6e-3, 6e-3), detector_size_m=1.2e-3, detector_spacing_m=2.4e-3)
+    args.update(kw)
+    return make_design(**args)
+
+
+def test_pat_shifts_are_the_rolled_layer_and_sub_pixel_shifts_are_not_absorption():
+    from diffractive.heights import phase_to_height
+    from diffractive.simulate import design_transmissions, input_fields
+    from diffractive.stack import forward
+    from training.rules.pat import MismatchedPhysics
+
+    d = _open_design()
+    fields = input_fields(d, np.random.default_rng(2).random((3, 8, 8), dtype=np.float32))
+    phases = np.asarray(d.phases, dtype=np.float32)
+    # a whole-pixel shift (rows 1, columns -2: content at r goes to r + d) is the layer rolled on
+    # the ideal grid, uncovered pixels opaque -- an independent reference for the shifted hops
+    phys = MismatchedPhysics(d, shifts_px=[[1, -2], [0, 0]])
+    assert phys.geometry.hop_shifts_xy_m[:2] == ((-2 * d.pitch_m, 1 * d.pitch_m), (2 * d.pitch_m, -1 * d.pitch_m))
+    t = design_transmissions(d)
+    rolled = np.zeros_like(t[0])
+    rolled[1:, :-2] = t[0][:-1, 2:]
+    t[0] = rolled
+    ref = np.abs(forward(d.geometry, t, fields).output) ** 2
+    got = phys.intensity(phases, fields)
+    assert np.abs(got - ref).max() < 1e-3 * ref.max()
+    assert np.abs(MismatchedPhysics(d).intensity(phases, fields) - ref).max() > 0.05 * ref.max()
+    # a sub-pixel shift moves the plate (a shifted hop of half a pixel): the layers themselves stay the
+    # phase-only designed ones, no interpolation averages their phasors into a false absorption
+    half = MismatchedPhysics(d, shifts_px=[[0, 0.5], [0, 0]])
+    assert half.geometry.hop_shifts_xy_m[0] == (0.5 * d.pitch_m, 0.0)
+    np.testing.assert_array_equal(half.transmissions(phases), MismatchedPhysics(d).transmissions(phases))
+    np.testing.assert_allclose(np.abs(half.transmissions(phases)), 1.0, rtol=1e-6)
+    assert np.abs(half.intensity(phases, fields) - MismatchedPhysics(d).intensity(phases, fields)).max() > 0
+    # printed heights and absorption are the plate model's (diffractive.heights, what export prints):
+    # the base is rounded to whole printer steps and absorbs with the relief
+    z, kappa = 0.1e-3, 0.05
+    printed = MismatchedPhysics(d, z_step_m=z, kappa=kappa, base_m=0.55e-3)
+    h = phase_to_height(phases.astype(np.float64), d.wavelength_m, d.material.n, base_m=0.55e-3, z_step_m=z)
+    assert np.allclose(np.round(h / z) * z, h) and h.min() >= 0.6e-3 - 1e-9
+    np.testing.assert_allclose(np.abs(printed.transmissions(phases)), np.exp(-2 * np.pi * kappa * h / d.wavelength_m),
+                               rtol=1e-5)
+    assert not printed.is_ideal and MismatchedPhysics(d).is_ideal
 
 
 # ----------------------------------------------------------------------------- every rule

@@ -110,6 +110,8 @@ class RobustnessConfig:
     budget: typing.Optional[str] = None       # a shipped budget name ("holder", "hand") or a TOML file
     oversample: int = 1                       # simulation cells per printed pixel (exact sub-pixel errors)
     seed: typing.Optional[int] = None         # seed of the draws (default trainer.seed)
+    feature_px: int = 1                       # printed feature: phases constant over b x b pixels
+    smoothness: float = 0.0                   # weight of the phasor-smoothness prior (0: none)
 
     def load_budget(self, cfg):
         """The :class:`~diffractive.budget.ErrorBudget` named (a path is relative to the config file)."""
@@ -265,7 +267,12 @@ def parse_config(doc: dict, source: str = "<config>") -> Config:
         check_oversample(cfg.robustness.oversample)
     except FieldError as e:
         raise ConfigError(f"{source} [robustness]: '{e.field}' {e.problem}") from None
-    cfg.robustness.load_budget(cfg)  # a bad budget fails here, naming the config and the budget file
+    r = cfg.robustness
+    if r.feature_px < 1 or r.feature_px > min(cfg.geometry.layer_shape):
+        raise ConfigError(f"{source} [robustness]: 'feature_px' must be from 1 to the layer size, got {r.feature_px}")
+    if r.smoothness < 0:
+        raise ConfigError(f"{source} [robustness]: 'smoothness' must be >= 0, got {r.smoothness}")
+    r.load_budget(cfg)  # a bad budget fails here, naming the config and the budget file
     return cfg
 
 

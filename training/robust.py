@@ -65,6 +65,39 @@ class Vaccination:
         return stack.readout(intensity), intensity
 
 
+def hold_block_constant(phase, block: int):
+    """Make the parameter ``phase`` (L, ny, nx) constant over ``block x block`` pixels and keep it so.
+
+    A printed feature larger than the simulation pixel: a lateral error is then a smaller
+    fraction of a feature. The phases are set to their block's top-left value, and a gradient
+    hook replaces each pixel's gradient by its block's sum, so every pixel of a block receives
+    the same update from Adam (whose per-pixel states then stay equal): exact block-constant
+    training, not a projection (as benchmarks/superpixels.py measured for its capacity cost).
+    """
+    import torch  # noqa: PLC0415
+
+    from .rules.common import Superpixels  # noqa: PLC0415
+
+    sp = Superpixels(tuple(phase.shape), int(block))
+    with torch.no_grad():
+        phase.copy_(torch.from_numpy(np.ascontiguousarray(sp.expand(sp.theta(phase.detach().cpu().numpy())))))
+    phase.register_hook(lambda g: torch.from_numpy(
+        np.ascontiguousarray(sp.expand(sp.block_sums(g.detach().cpu().numpy())))).to(g.device))
+    return sp
+
+
+def smoothness_penalty(phase):
+    """Mean squared difference of neighbouring phasors, ``|exp(i phi_a) - exp(i phi_b)|^2`` in [0, 4],
+    over horizontal and vertical neighbours of every layer (blind to 2 pi wraps, which print as
+    the same plate). A smooth plate changes little when it moves by a fraction of a pixel."""
+    import torch  # noqa: PLC0415
+
+    c, s = torch.cos(phase), torch.sin(phase)
+    dx = (c[:, :, 1:] - c[:, :, :-1]) ** 2 + (s[:, :, 1:] - s[:, :, :-1]) ** 2
+    dy = (c[:, 1:, :] - c[:, :-1, :]) ** 2 + (s[:, 1:, :] - s[:, :-1, :]) ** 2
+    return 0.5 * (dx.mean() + dy.mean())
+
+
 def vaccination_from_config(design, cfg):
     """The :class:`Vaccination` that ``[robustness]`` asks for, or ``None`` for plain training."""
     r = cfg.robustness
@@ -77,4 +110,4 @@ def vaccination_from_config(design, cfg):
                        cfg.trainer.workers)
 
 
-__all__ = ["Vaccination", "vaccination_from_config"]
+__all__ = ["Vaccination", "hold_block_constant", "smoothness_penalty", "vaccination_from_config"]

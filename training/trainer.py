@@ -35,7 +35,7 @@ from .config import Config
 from .datasets import check_classes, split_provenance
 from .model import D2NN, design_from_config, detector_loss
 from .rules.common import lr_factor
-from .robust import vaccination_from_config
+from .robust import hold_block_constant, smoothness_penalty, vaccination_from_config
 from .rules.distributed import is_writer
 
 
@@ -56,8 +56,12 @@ class BackpropRule:
         # the one schedule every rule follows (training.rules.common.lr_factor)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(t, steps_per_epoch))
         self.evaluations = 0  # single-image forward simulations so far (rules that subclass count theirs)
-        # [robustness]: every step through a fresh as-built stack (None: the ideal stack)
+        # [robustness]: every step through a fresh as-built stack (None: the ideal stack), and
+        # what helps robustness by construction (training/robust.py)
         self.vaccination = vaccination_from_config(model.design, cfg)
+        self.smoothness = cfg.robustness.smoothness
+        if cfg.robustness.feature_px > 1:
+            hold_block_constant(model.phase, cfg.robustness.feature_px)
 
     def powers(self, images):
         """``(detector powers, intensity)`` of this step's forward pass: the ideal stack, or
@@ -70,8 +74,11 @@ class BackpropRule:
 
     def loss(self, images, labels):
         powers, intensity = self.powers(images)
-        return detector_loss(powers, intensity, labels, self.model.score_matrix, self.cfg.trainer.loss,
-                             self.cfg.trainer.temperature)
+        loss, logits = detector_loss(powers, intensity, labels, self.model.score_matrix, self.cfg.trainer.loss,
+                                     self.cfg.trainer.temperature)
+        if self.smoothness:
+            loss = loss + self.smoothness * smoothness_penalty(self.model.phase)
+        return loss, logits
 
     def step(self, images, labels):
         """One update; returns ``(loss, logits)`` measured before the update."""

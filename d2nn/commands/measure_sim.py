@@ -1,6 +1,7 @@
 """``d2nn measure-sim``: synthetic lab measurements of a design, with realistic imperfections."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -13,8 +14,14 @@ DESCRIPTION = """\
 Simulate what the lab would measure on the printed stack for N test images: detector powers
 (--format csv) or raster scans of the output plane (--format scan), with detector noise, a
 spread of detector gains, a dark offset, and lateral misalignment of the layers and of the
-detector plane. The output is what 'd2nn evaluate' reads; the true imperfections go to
-OUT.truth.json (its "gains" can be passed to 'd2nn evaluate --gains'), and with --dark a dark
+detector plane. The stack is the as-built model of diffractive.asbuilt (the one that
+'d2nn simulate --from-stl', the tolerance analysis and robust training use): layer offsets
+are exact for any sub-pixel value (they move the plate, nothing is interpolated), and
+--budget draws a whole as-built stack (offsets, rotations, gaps, printing, material, source)
+from an error budget. --oversample K simulates K x K cells per printed pixel (rotations and
+the flat-topped pixels resolved; K^2 times the work per FFT side). The output is what
+'d2nn evaluate' reads; the true imperfections go to OUT.truth.json (its "gains" can be
+passed to 'd2nn evaluate --gains'; "as_built" is the stack drawn), and with --dark a dark
 measurement to OUT-dark.csv / OUT-dark.npz. Everything random comes from --seed."""
 
 EPILOG = """\
@@ -25,10 +32,17 @@ number is refused, except 0):
   layerN=DX,DY     layer N (1 = nearest the input) displaced
   rotation=A       detector plane / scan frame rotated by A (with a unit: 0.5deg, 0.01rad)
   scale=F          true scan step = F * pitch_m recorded in the file (a plain factor)
-example: --misalign detector=0.3mm,-0.1mm --misalign layers=50um --misalign rotation=0.2deg"""
+example: --misalign detector=0.3mm,-0.1mm --misalign layers=50um --misalign rotation=0.2deg
+
+--budget NAME|FILE (a shipped budget, e.g. holder or hand, or a budget TOML file) draws one
+as-built stack with --seed; --misalign layer offsets add to the drawn ones. The drawn
+detector-plane offset and rotation become the detector-plane misalignment above (what
+'d2nn evaluate' registers), so they cannot be combined with --misalign detector=/rotation=.
+example: --budget holder --seed 3 --oversample 2"""
 
 
 def register(sub):
+    """Add the ``measure-sim`` subcommand to ``sub`` (the ``d2nn`` subparsers); its ``func`` is :func:`run`."""
     import argparse  # noqa: PLC0415
 
     p = sub.add_parser("measure-sim", help=HELP, description=DESCRIPTION, epilog=EPILOG,
@@ -47,9 +61,12 @@ def register(sub):
                    help="dark offset, as a fraction of the same reference as --noise; also writes a dark "
                         "measurement next to --out")
     p.add_argument("--misalign", action="append", default=[], metavar="KEY=VALUE", help="see below; repeatable")
-    p.add_argument("--layer-shift", choices=["linear", "nearest"], default="linear",
-                   help="sub-pixel layer shifts: linear (bilinear interpolation of the complex transmission, "
-                        "default) or nearest (whole-pixel rolls)")
+    p.add_argument("--budget", default=None, metavar="NAME|FILE",
+                   help="draw the stack as built from this error budget (shipped: holder, hand; or a TOML file) "
+                        "with --seed; see below")
+    p.add_argument("--oversample", type=int, default=1, metavar="K",
+                   help="simulation cells per printed pixel along each axis (1 ... 8; default 1)")
+    p.add_argument("--layer-shift", default=None, help=argparse.SUPPRESS)  # removed: refused with a message
     p.add_argument("--scan-pitch", type=length_m_or_px, default=None, metavar="LENGTH",
                    help="scan step (default: the design pitch); e.g. 0.5mm or 1px")
     p.add_argument("--format", required=True, choices=["csv", "scan"], dest="fmt")
@@ -126,6 +143,29 @@ def parse_misalign(specs, n_layers: int, pitch_m: float, rng) -> dict:
     return out
 
 
+def _draw_budget(name, seed, design, mis):
+    """One :class:`~diffractive.asbuilt.AsBuilt` drawn from budget ``name`` with ``seed``, and the budget.
+
+    The generator is ``default_rng([seed, 2])``: a stream of its own (the samples, gains and
+    noise use ``seed``, random ``--misalign`` values ``[seed, 1]``), so the drawn errors are
+    not correlated with the detector gains or the noise.
+    Refuses a draw with detector-plane errors when ``--misalign`` already set the detector
+    plane (``mis``, :func:`parse_misalign`'s values): the two would have to be composed.
+    """
+    import numpy as np  # noqa: PLC0415
+
+    from diffractive.budget import load_budget  # noqa: PLC0415
+
+    budget = load_budget(name)
+    ab = budget.draw(np.random.default_rng([seed, 2]), design.n_layers, design.fabrication.z_step_m)
+    drawn = tuple(ab.detector_offset_xy_m) != (0.0, 0.0) or ab.detector_rotation_rad != 0
+    given = tuple(mis["detector_offset_m"]) != (0.0, 0.0) or mis["detector_rotation_rad"] != 0
+    if drawn and given:
+        raise UserError(f"--budget {name} draws the detector plane's offset and rotation; drop --misalign "
+                        "detector=/rotation= or use a budget without detector_offset_m / detector_rotation_deg")
+    return ab, budget
+
+
 def _outputs(out, fmt, dark):
     from pathlib import Path  # noqa: PLC0415
 
@@ -140,15 +180,29 @@ def _outputs(out, fmt, dark):
 
 
 def run(args) -> int:
+    """Run ``d2nn measure-sim`` with the parsed ``args``; returns the exit code (0).
+
+    The images come from :func:`training.datasets.design_split` (the split the design was
+    trained and validated on).
+    """
     import sys  # noqa: PLC0415
 
     import numpy as np  # noqa: PLC0415
 
+    from diffractive.asbuilt import check_oversample  # noqa: PLC0415
     from diffractive.design import load_design  # noqa: PLC0415
+    from diffractive.errors import FieldError  # noqa: PLC0415
     from diffractive.measured.io import atomic_write_bytes, detector_csv_bytes, scan_npz_bytes  # noqa: PLC0415
     from diffractive.measured.synthetic import Imperfections, choose_samples, simulate_lab  # noqa: PLC0415
     from training.datasets import design_split  # noqa: PLC0415
 
+    if args.layer_shift is not None:
+        raise UserError("--layer-shift is gone: layer offsets are now exact for any sub-pixel value (the plate "
+                        "is moved in the propagation, nothing is interpolated); drop the option")
+    try:
+        oversample = check_oversample(args.oversample)
+    except FieldError as e:
+        raise UserError(f"--oversample {e.problem}") from None
     for name in ("noise", "detector_gain_spread", "dark"):
         v = getattr(args, name)
         if not np.isfinite(v) or v < 0:
@@ -166,6 +220,12 @@ def run(args) -> int:
     design = load_design(args.design)
     rng = np.random.default_rng([args.seed, 1])
     mis = parse_misalign(args.misalign, design.n_layers, design.pitch_m, rng)
+    as_built, budget = None, None
+    if args.budget is not None:  # the drawn detector-plane errors become the measurement frame's
+        as_built, budget = _draw_budget(args.budget, args.seed, design, mis)
+        mis["detector_offset_m"] = as_built.detector_offset_xy_m
+        mis["detector_rotation_rad"] = as_built.detector_rotation_rad
+        as_built = dataclasses.replace(as_built, detector_offset_xy_m=(0.0, 0.0), detector_rotation_rad=0.0)
     scan_pitch = to_metres(args.scan_pitch, design.pitch_m) if args.scan_pitch is not None else None
     if scan_pitch is not None and scan_pitch <= 0:
         raise UserError(f"--scan-pitch must be positive, got {scan_pitch:g} m")
@@ -180,8 +240,7 @@ def run(args) -> int:
     idx = choose_samples(labels, args.samples, seed=args.seed)
     imp = Imperfections(noise=args.noise, gain_spread=args.detector_gain_spread, dark=args.dark,
                         detector_offset_m=mis["detector_offset_m"], detector_rotation_rad=mis["detector_rotation_rad"],
-                        scan_scale=mis["scan_scale"], layer_offsets_m=mis["layer_offsets_m"],
-                        layer_shift=args.layer_shift)
+                        scan_scale=mis["scan_scale"], layer_offsets_m=mis["layer_offsets_m"], as_built=as_built)
     progress = None
     if not args.json and sys.stderr.isatty():
         from tqdm import tqdm  # noqa: PLC0415
@@ -190,11 +249,13 @@ def run(args) -> int:
         progress = lambda n: bar.update(n - bar.n)  # noqa: E731
     fmt = "detectors" if args.fmt == "csv" else "scan"
     lab = simulate_lab(design, images[idx], labels[idx], imperfections=imp, fmt=fmt, inputs=idx,
-                       scan_pitch_m=scan_pitch, seed=args.seed, progress=progress)
+                       scan_pitch_m=scan_pitch, seed=args.seed, progress=progress, oversample=oversample)
     truth = dict(lab.truth, design=str(args.design), dataset=args.dataset, split=args.split,
-                 files={k: str(v) for k, v in paths.items()})
+                 budget=None if budget is None else budget.to_json(), files={k: str(v) for k, v in paths.items()})
     note = (f"d2nn measure-sim {args.design}: {args.dataset}/{args.split}, seed {args.seed}, noise {args.noise}, "
-            f"gain spread {args.detector_gain_spread}, dark {args.dark}; truth in {paths['truth'].name}")
+            f"gain spread {args.detector_gain_spread}, dark {args.dark}"
+            + (f", budget {budget.name}" if budget is not None else "")
+            + (f", oversample {oversample}" if oversample != 1 else "") + f"; truth in {paths['truth'].name}")
     if fmt == "detectors":
         data = detector_csv_bytes(lab.powers, lab.labels, lab.sample_ids, inputs=idx, comments=[note])
         dark = detector_csv_bytes(lab.dark, sample_ids=[f"dark{i}" for i in range(len(lab.dark))],
@@ -212,7 +273,9 @@ def run(args) -> int:
         print(json.dumps({"out": str(paths["data"]), "truth": str(paths["truth"]),
                           "dark": str(paths["dark"]) if "dark" in paths else None, "n": len(idx), **{
                               k: truth[k] for k in ("format", "gains", "detector_offset_m", "layer_offsets_m",
-                                                    "detector_rotation_rad", "scan_scale")}}))
+                                                    "detector_rotation_rad", "scan_scale", "oversample",
+                                                    "as_built")},
+                          "budget": None if budget is None else budget.name}))
         return 0
     what = "detector powers" if fmt == "detectors" else (
         f"scans of {lab.intensity.shape[1]} x {lab.intensity.shape[2]} pixels at {1e3 * lab.pitch_m:.4g} mm")
@@ -224,8 +287,14 @@ def run(args) -> int:
         print(f"  gains        spread {args.detector_gain_spread:g}: {g.min():.3f} ... {g.max():.3f}")
     lo = np.asarray(truth["layer_offsets_m"]) * 1e3
     if np.any(lo):
-        print("  layers       offsets (mm) " + ", ".join(f"{l + 1}: ({x:+.3f}, {y:+.3f})" for l, (x, y) in enumerate(lo))
-              + f" [{args.layer_shift}]")
+        print("  layers       offsets (mm) " + ", ".join(f"{l + 1}: ({x:+.3f}, {y:+.3f})" for l, (x, y) in enumerate(lo)))
+    if budget is not None:
+        print(f"  as built     drawn from budget {budget.name!r} (seed {args.seed}): "
+              + (", ".join(budget.kinds) or "no error kinds")
+              + f"; absorption {'on' if budget.absorption else 'off'}, quantised {'yes' if budget.quantise else 'no'}"
+              + " (all values in the truth file's \"as_built\")")
+    if oversample != 1:
+        print(f"  oversample   {oversample} x {oversample} simulation cells per printed pixel")
     dx, dy = truth["detector_offset_m"]
     if dx or dy or truth["detector_rotation_rad"] or truth["scan_scale"] != 1:
         print(f"  detector     offset ({1e3 * dx:+.3f}, {1e3 * dy:+.3f}) mm, rotation "

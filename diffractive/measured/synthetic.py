@@ -4,19 +4,28 @@ For tests of :mod:`diffractive.measured` and for planning tolerances (``d2nn mea
 whose option parsing lives in :mod:`d2nn.commands.measure_sim`). It takes typed values only.
 What it models, all optional and seeded:
 
-* **Lateral misalignment of layers.** Layer ``l`` displaced by ``d_l`` in its plane has
-  transmission ``t_l(r - d_l)``. ``layer_shift="linear"`` (default) interpolates the
-  complex transmission bilinearly at the sub-pixel position (a simulation pixel then sees
-  the area-weighted mix of the printed pixels it straddles, to first order);
-  ``"nearest"`` rounds each offset to whole pixels and rolls the map (exact for a
-  piecewise-constant print moved by whole pixels). Pixels uncovered at the edge become
-  opaque (0), consistent with the opaque-aperture model of :mod:`diffractive.stack`.
+* **The stack as built** (:mod:`diffractive.asbuilt`, the one model of a printed,
+  assembled stack that the tolerance analysis, PAT and ``d2nn simulate`` also run): any
+  :class:`~diffractive.asbuilt.AsBuilt` (``Imperfections.as_built``; e.g. one draw of an
+  error budget, :mod:`diffractive.budget`), on a grid oversampled ``oversample`` times.
+  ``Imperfections.layer_offsets_m`` is the shorthand for lateral offsets of the layers: it
+  is added to ``as_built.layer_offsets_xy_m``. A layer displaced by ``d_l`` has
+  transmission ``t_l(r - d_l)``; the offset is folded into the propagation (a shifted
+  hop), so it is exact for any sub-pixel value. Nothing interpolates the complex
+  transmission (that would average random phasors into an absorption the print does not
+  have). Light that misses a displaced plate is blocked (the opaque-aperture model of
+  :mod:`diffractive.stack`).
 * **Misalignment of the detector plane / scanner frame.** The detectors (or the scan
   grid) sit at design-frame points ``r = offset + scale * R(rotation) @ x`` instead of
-  ``x`` — the transform of :class:`diffractive.measured.registration.Registration`. The
-  complex output field is sampled there by band-limited (trigonometric) interpolation of
-  the field zero-padded to twice its size (separable points; exact at whole-pixel
-  offsets), or, for rotated points, by cubic splines on the field upsampled 4x that way.
+  ``x`` — the transform of :class:`diffractive.measured.registration.Registration`, which
+  is what registration recovers. The complex output field is sampled there by
+  band-limited (trigonometric) interpolation of the field zero-padded to twice its size
+  (separable points; exact at whole-pixel offsets), or, for rotated points, by cubic
+  splines on the field upsampled 4x that way. (An ``as_built`` may also move the detector
+  plane, ``detector_offset_xy_m`` / ``detector_rotation_rad``; that moves the plane inside
+  the stack, the scan frame with it, on top of this transform. ``d2nn measure-sim
+  --budget`` hands a draw's detector-plane errors to this transform instead, so that the
+  truth file holds them where registration looks.)
 * **Per-detector gain spread** (detector-power format only): ``gain_k = exp(spread * z_k)``,
   ``z_k ~ N(0, 1)``, normalised to mean 1.
 * **Dark offset**: a constant per detector (per scan pixel) of ``dark * ref * U(0.5, 1.5)``.
@@ -24,24 +33,29 @@ What it models, all optional and seeded:
   is the mean over samples of the largest (gain-scaled) detector power, or for scans the
   mean peak pixel intensity. Readings can therefore come out slightly negative.
 
-A reading is ``gain * P + dark + noise``; :class:`LabData` keeps the true values.
+A reading is ``gain * P + dark + noise``; :class:`LabData` keeps the true values, the
+as-built realisation among them (``truth["as_built"]``, :meth:`AsBuilt.to_json`). When the
+stack prints as designed (no quantisation, absorption, thickness, index, wavelength or
+defect error) and ``oversample`` is 1, the layers are the designed ``exp(i phi)`` exactly
+(the printed plate differs by a global phase only), so without imperfections the powers
+equal :func:`diffractive.simulate.simulate`'s bit for bit.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .._validate import finite_real, non_negative_finite, one_of, positive_finite
-from ..detectors import class_scores, detector_masks, readout
+from ..asbuilt import AsBuilt, build, check_oversample
+from ..detectors import class_scores
 from ..errors import D2NNError
-from ..simulate import design_transmissions, input_fields
+from ..grid import Grid
 from ..stack import forward
 from .io import centred_origin
 from .registration import Registration
-
-LAYER_SHIFTS = ("linear", "nearest")
 
 
 @dataclass
@@ -52,7 +66,8 @@ class Imperfections:
     ``detector_offset_m`` is the (dx, dy) of the detector plane / scan frame,
     ``detector_rotation_rad`` its rotation, ``scan_scale`` (> 0) the true scan step over
     the recorded pitch; ``layer_offsets_m`` (L, 2) the (dx, dy) of each layer (``None``:
-    none); ``layer_shift`` one of :data:`LAYER_SHIFTS`. Bad values raise
+    none), added to those of ``as_built``; ``as_built`` the stack as built
+    (:class:`~diffractive.asbuilt.AsBuilt`, ``None``: as designed). Bad values raise
     :class:`~diffractive.errors.D2NNError` naming the field.
     """
 
@@ -63,7 +78,7 @@ class Imperfections:
     detector_rotation_rad: float = 0.0
     scan_scale: float = 1.0
     layer_offsets_m: np.ndarray | None = None
-    layer_shift: str = "linear"
+    as_built: AsBuilt | None = None
 
     def __post_init__(self):
         for name in ("noise", "gain_spread", "dark"):
@@ -75,20 +90,48 @@ class Imperfections:
             raise D2NNError(f"detector_offset_m must be a pair (dx, dy), got {self.detector_offset_m!r}") from None
         self.detector_offset_m = (finite_real("detector_offset_m[0]", dx), finite_real("detector_offset_m[1]", dy))
         self.detector_rotation_rad = finite_real("detector_rotation_rad", self.detector_rotation_rad)
-        one_of("layer_shift", self.layer_shift, LAYER_SHIFTS)
+        if self.layer_offsets_m is not None:
+            a = np.asarray(self.layer_offsets_m, dtype=np.float64)
+            if a.ndim != 2 or a.shape[1] != 2 or not np.all(np.isfinite(a)):
+                raise D2NNError(f"layer_offsets_m must be finite (dx, dy) pairs, one per layer, got shape {a.shape}")
+            self.layer_offsets_m = a
+        if self.as_built is not None and not isinstance(self.as_built, AsBuilt):
+            raise D2NNError(f"as_built must be a diffractive.asbuilt.AsBuilt, got {type(self.as_built).__name__}")
 
     @property
     def registration(self) -> Registration:
+        """The detector-plane / scan-frame misalignment as a :class:`Registration` (scan frame -> design frame)."""
         return Registration(offset_m=tuple(float(v) for v in self.detector_offset_m),
                             rotation_rad=float(self.detector_rotation_rad), scale=float(self.scan_scale))
 
     def detector_is_ideal(self) -> bool:
+        """True when the detector plane is not offset, rotated or rescaled."""
         return tuple(self.detector_offset_m) == (0.0, 0.0) and self.detector_rotation_rad == 0 and self.scan_scale == 1
+
+    def stack_as_built(self, n_layers: int) -> AsBuilt:
+        """The :class:`AsBuilt` the layers are simulated with: ``as_built`` (or the designed
+        stack) with ``layer_offsets_m`` added to its layer offsets. Raises
+        :class:`D2NNError` if ``layer_offsets_m`` does not hold ``n_layers`` pairs."""
+        ab = AsBuilt() if self.as_built is None else self.as_built
+        if self.layer_offsets_m is None:
+            return ab
+        if self.layer_offsets_m.shape != (n_layers, 2):
+            raise D2NNError(f"layer_offsets_m must have shape ({n_layers}, 2), got {self.layer_offsets_m.shape}")
+        if not np.any(self.layer_offsets_m):
+            return ab
+        off = self.layer_offsets_m + (np.asarray(ab.layer_offsets_xy_m) if ab.layer_offsets_xy_m else 0.0)
+        return dataclasses.replace(ab, layer_offsets_xy_m=off)
 
 
 @dataclass
 class LabData:
-    """Synthetic measurement: ``kind`` "detectors" (``powers`` (N, K)) or "scan" (``intensity`` (N, H, W))."""
+    """Synthetic measurement: ``kind`` "detectors" (``powers`` (N, K)) or "scan" (``intensity`` (N, H, W)).
+
+    ``labels`` (N,), ``inputs`` (N,) dataset indices or None, ``sample_ids`` N strings;
+    scans: ``pitch_m`` (metres) and ``origin_m`` (x, y) metres; ``dark`` a dark measurement
+    ((n_dark, K) or (n_dark, H, W)) or None; ``noiseless_powers`` (N, K) before gains, dark
+    and noise (detectors only); ``truth`` the imperfections drawn, JSON-ready.
+    """
 
     kind: str
     labels: np.ndarray
@@ -105,7 +148,8 @@ class LabData:
 
 # --------------------------------------------------------------------------- samples
 def choose_samples(labels, n: int, seed: int = 0) -> np.ndarray:
-    """Indices of ``n`` samples, balanced over classes (round robin over a seeded shuffle of each class)."""
+    """Indices (n,) int64 into ``labels`` (N,) of ``n`` samples, balanced over classes (round
+    robin over a seeded shuffle of each class)."""
     labels = np.asarray(labels)
     if n > len(labels):
         raise D2NNError(f"asked for {n} samples but the split has only {len(labels)}")
@@ -120,33 +164,6 @@ def choose_samples(labels, n: int, seed: int = 0) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- optics helpers
-def shift_layers(transmissions, offsets_m, pitch_m: float, mode: str = "linear") -> np.ndarray:
-    """Transmissions (L, ny, nx) of layers displaced by ``offsets_m`` (L, 2) = (dx, dy) each.
-
-    ``t'(r) = t(r - d)``; see the module docstring for ``mode``. Uncovered pixels are 0.
-    """
-    from scipy import ndimage  # noqa: PLC0415
-
-    t = np.asarray(transmissions)
-    offsets = np.asarray(offsets_m, dtype=np.float64).reshape(t.shape[0], 2)
-    out = np.empty_like(t)
-    for l in range(t.shape[0]):
-        sh = (offsets[l, 1] / pitch_m, offsets[l, 0] / pitch_m)  # rows (y), columns (x)
-        if sh == (0.0, 0.0):
-            out[l] = t[l]
-            continue
-        if mode == "nearest":
-            sh, order = (float(round(sh[0])), float(round(sh[1]))), 0
-        elif mode == "linear":
-            order = 1
-        else:
-            one_of("mode", mode, LAYER_SHIFTS)
-        re_ = ndimage.shift(t[l].real.astype(np.float64), sh, order=order, mode="constant", cval=0.0)
-        im_ = ndimage.shift(t[l].imag.astype(np.float64), sh, order=order, mode="constant", cval=0.0)
-        out[l] = (re_ + 1j * im_).astype(t.dtype)
-    return out
-
-
 def _dft_matrix(pos, n_pad):
     f = np.fft.fftfreq(n_pad)
     return np.exp(2j * np.pi * np.outer(pos, f)) / n_pad
@@ -155,7 +172,8 @@ def _dft_matrix(pos, n_pad):
 def sample_output(fields, pitch_m: float, X, Y) -> np.ndarray:
     """Complex fields (B, ny, nx) on the design grid sampled at design-frame points ``X, Y`` (H, W).
 
-    Band-limited interpolation (see module docstring); points outside the grid get ~0.
+    ``pitch_m``, ``X`` and ``Y`` in metres. Returns (B, H, W) complex128. Band-limited
+    interpolation (see module docstring); points outside the grid get ~0.
     """
     fields = np.asarray(fields)
     B, ny, nx = fields.shape
@@ -190,13 +208,19 @@ def sample_output(fields, pitch_m: float, X, Y) -> np.ndarray:
 # --------------------------------------------------------------------------- the lab
 def simulate_lab(design, images, labels, *, imperfections: Imperfections | None = None, fmt: str = "detectors",
                  inputs=None, scan_pitch_m: float | None = None, scan_shape=None, seed: int = 0, n_dark: int = 8,
-                 batch_size: int = 64, progress=None) -> LabData:
+                 batch_size: int = 64, progress=None, oversample: int = 1) -> LabData:
     """Synthetic measurement of ``images`` (N, h, w) through ``design`` with ``imperfections``.
 
+    ``labels`` (N,) true classes, ``inputs`` (N,) their dataset indices (recorded only).
     ``fmt``: ``"detectors"`` (powers, as in a detector CSV) or ``"scan"`` (raster scans of
-    the output plane at ``scan_pitch_m``, default the design pitch, of ``scan_shape``,
-    default covering the output plane, centred on the nominal axis). Everything random
-    comes from ``seed``. Without imperfections, detector powers equal those of
+    the output plane at ``scan_pitch_m`` metres, default the design pitch, of ``scan_shape``
+    (H, W), default covering the output plane, centred on the nominal axis). The stack is
+    :func:`diffractive.asbuilt.build` of ``imperfections.stack_as_built`` on a grid
+    ``oversample`` times finer than the design's (1 to
+    :data:`~diffractive.asbuilt.MAX_OVERSAMPLE`; powers stay in design-grid units).
+    Everything random comes from ``seed``; ``n_dark`` frames of dark measurement are made
+    when ``imperfections.dark`` > 0; ``progress(n_done)`` is called after each batch.
+    Without imperfections, detector powers equal those of
     :func:`diffractive.simulate.simulate` and a scan at the design pitch is the simulated
     output intensity.
     """
@@ -205,20 +229,18 @@ def simulate_lab(design, images, labels, *, imperfections: Imperfections | None 
         one_of("fmt", fmt, ("detectors", "scan"))
     if fmt == "scan" and imp.gain_spread:
         raise D2NNError("a detector gain spread applies to the detector-power format only (a scan has one probe)")
+    k = check_oversample(oversample)
     images = np.asarray(images, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
     n = len(images)
     rng = np.random.default_rng(seed)
     grid = design.grid
     L = design.n_layers
-    layer_off = np.zeros((L, 2)) if imp.layer_offsets_m is None else np.asarray(imp.layer_offsets_m, dtype=np.float64)
-    if layer_off.shape != (L, 2):
-        raise D2NNError(f"layer_offsets_m must have shape ({L}, 2), got {layer_off.shape}")
-    t = design_transmissions(design, np)
-    if np.any(layer_off != 0):
-        t = shift_layers(t, layer_off, design.pitch_m, imp.layer_shift)
+    as_built = imp.stack_as_built(L)
+    stack = build(design, as_built, oversample=k)
+    t = stack.transmissions()
+    fine = Grid(stack.fine_shape, stack.geometry.pitch_m)
     reg = imp.registration
-    masks = detector_masks(design.detectors, grid, np)
     if fmt == "scan":
         p_s = design.pitch_m if scan_pitch_m is None else float(scan_pitch_m)
         if scan_shape is None:
@@ -227,34 +249,38 @@ def simulate_lab(design, images, labels, *, imperfections: Imperfections | None 
         origin = centred_origin(scan_shape, p_s)
         xs = origin[0] + np.arange(scan_shape[1]) * p_s
         ys = origin[1] + np.arange(scan_shape[0]) * p_s
-        identity = imp.detector_is_ideal() and math.isclose(p_s, design.pitch_m) and tuple(scan_shape) == grid.shape
+        identity = (imp.detector_is_ideal() and math.isclose(p_s, fine.pitch_m)
+                    and tuple(scan_shape) == tuple(fine.shape))
     else:
-        xs, ys = grid.x_m(), grid.y_m()
+        xs, ys = fine.x_m(), fine.y_m()
         identity = imp.detector_is_ideal()
     Xs, Ys = np.meshgrid(xs, ys)
     Xd, Yd = reg.to_design(Xs, Ys)
+    engine = stack.engine(np.result_type(t.dtype, np.complex64))
+    k2 = float(k * k)
 
     powers, totals, intens = [], [], []
     for a in range(0, n, batch_size):
-        fields = input_fields(design, images[a:a + batch_size], np)
-        out = forward(design.geometry, t, fields).output
+        fields = stack.input_fields(images[a:a + batch_size])
+        out = forward(stack.geometry, t, fields, engine=engine).output
         if not identity:
-            out = sample_output(out, design.pitch_m, Xd, Yd)
+            out = sample_output(out, fine.pitch_m, Xd, Yd)
         inten = out.real ** 2 + out.imag ** 2
         if fmt == "detectors":
-            powers.append(np.asarray(readout(inten, masks), dtype=np.float64))
-            totals.append(inten.sum(axis=(-2, -1)).astype(np.float64))
+            powers.append(np.asarray(stack.readout(inten), dtype=np.float64))
+            totals.append(inten.sum(axis=(-2, -1)).astype(np.float64) / k2)
         else:
             intens.append(inten.astype(np.float64))
         if progress is not None:
             progress(min(n, a + batch_size))
 
     ids = [f"s{i:04d}" for i in range(n)]
+    layer_off = np.asarray(as_built.layer_offsets_xy_m) if as_built.layer_offsets_xy_m else np.zeros((L, 2))
     truth = {"schema": "d2nn.labsim/1", "format": "csv" if fmt == "detectors" else "scan", "seed": int(seed), "n": n,
              "noise": imp.noise, "gain_spread": imp.gain_spread, "dark": imp.dark,
              "detector_offset_m": [float(v) for v in imp.detector_offset_m],
              "detector_rotation_rad": float(imp.detector_rotation_rad), "scan_scale": float(imp.scan_scale),
-             "layer_offsets_m": layer_off.tolist(), "layer_shift": imp.layer_shift,
+             "layer_offsets_m": layer_off.tolist(), "oversample": k, "as_built": as_built.to_json(),
              "labels": labels.tolist(), "inputs": None if inputs is None else [int(v) for v in inputs]}
     if fmt == "detectors":
         P = np.concatenate(powers) if powers else np.zeros((0, len(design.detectors)))

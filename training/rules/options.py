@@ -115,12 +115,12 @@ class PATOptions(_Options):
 
     rule = "pat"
 
-    shift_px: typing.Optional[list] = None        # per layer [dy, dx] lateral shift, pixels (may be fractional)
+    shift_px: typing.Optional[list] = None        # per layer [dy, dx] lateral shift, pixels (fractional: exact)
     shift_std_px: float = 0.0                     # or: random shifts, N(0, std) per layer and axis
     distance_error_m: typing.Optional[list] = None  # per gap (n_layers + 1) additive errors, metres
     distance_std_m: float = 0.0                   # or: random gap errors N(0, std)
     z_step_m: typing.Optional[float] = None       # height quantisation step of the "printer" (None: none)
-    absorption: bool = False                      # amplitude exp(-2 pi kappa h / lambda) of the material
+    absorption: bool = False                      # exp(-2 pi kappa h / lambda) of the printed height h, base included
     mismatch_seed: int = 1
 
 

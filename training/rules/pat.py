@@ -14,66 +14,74 @@ test accuracies are measured on the physical system (``evaluation_forward``), wh
 a lab training with its hardware in the loop would report. With no mismatch configured the
 physics *is* the twin and the rule is exactly backprop.
 
+The physics is the stack as built of :mod:`diffractive.asbuilt` (the model that
+``d2nn measure-sim``, ``d2nn simulate --from-stl``, the tolerance analysis and robust
+training run): the shifts are lateral layer offsets, exact for any sub-pixel value (they
+move the plate in the propagation, :attr:`StackGeometry.hop_shifts_xy_m`; nothing is
+interpolated), the heights are printed as :mod:`diffractive.heights` prints them (base and
+relief on whole printer steps, absorption of the whole printed height). The twin is the
+ideal geometry (``model.geometry``): the shifts are not in its transmissions, so its
+backward pass never sees them.
+
 :class:`MismatchedPhysics` is torch-free and also serves to evaluate any design (e.g. one
 trained by backprop) on the same mismatched physics (``benchmarks/rules.py``).
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 
 import numpy as np
 import torch
 
+from diffractive.asbuilt import AsBuilt, build
 from diffractive.errors import D2NNError
-from diffractive.stack import StackGeometry, backward as stack_backward, forward as stack_forward
+from diffractive.stack import backward as stack_backward, forward as stack_forward
 
 from ..bridge import from_xp, to_xp
 from ..trainer import BackpropRule, TrainingError
 
 
-def shift_map(t, dy, dx):
-    """``t`` moved by ``(dy, dx)`` pixels (content at ``r`` goes to ``r + d``), bilinear for
-    fractional shifts; uncovered pixels become 0 (opaque, as outside every layer)."""
-    def whole(a, iy, ix):
-        out = np.zeros_like(a)
-        ny, nx = a.shape
-        if abs(iy) >= ny or abs(ix) >= nx:
-            return out
-        out[max(iy, 0):ny + min(iy, 0), max(ix, 0):nx + min(ix, 0)] = a[max(-iy, 0):ny - max(iy, 0),
-                                                                         max(-ix, 0):nx - max(ix, 0)]
-        return out
-    iy, ix = math.floor(dy), math.floor(dx)
-    fy, fx = dy - iy, dx - ix
-    out = np.zeros_like(t)
-    for (sy, wy) in ((iy, 1 - fy), (iy + 1, fy)):
-        for (sx, wx) in ((ix, 1 - fx), (ix + 1, fx)):
-            if wy * wx:
-                out += np.asarray(wy * wx, dtype=t.real.dtype) * whole(t, sy, sx)
-    return out
-
-
 class MismatchedPhysics:
     """The "physical" stack: the design with shifted layers, wrong gaps, quantised heights.
 
-    ``shifts_px`` (L, 2) rows/columns, ``distances_m`` (L + 1) the true gaps, ``z_step_m``
-    the printer's height step (phases are wrapped to [0, 2pi) and turned into heights
-    ``h = phi * lambda / (2 pi (n - 1))`` as in fabrication), ``kappa`` > 0 adds the
-    absorption ``exp(-2 pi kappa (base + h) / lambda)``.
+    ``shifts_px`` (L, 2) rows/columns (content at ``r`` goes to ``r + d``; any real value),
+    ``distances_m`` (L + 1) the true gaps, ``z_step_m`` the printer's height step (phases
+    are printed as :func:`diffractive.heights.phase_to_height` prints them, on the design's
+    ``fabrication.base_m`` unless ``base_m`` is given), ``n`` the material's index (default
+    the design's), ``kappa`` > 0 adds the material's absorption ``exp(-2 pi kappa h /
+    lambda)`` of the printed height ``h`` (base included). Built once as
+    :func:`diffractive.asbuilt.build` of the :class:`~diffractive.asbuilt.AsBuilt`
+    (``as_built``) at ``oversample = 1``; ``stack`` is the :class:`BuiltStack`, ``geometry``
+    its as-built geometry (the shifted hops and true gaps).
     """
 
-    def __init__(self, design, shifts_px=None, distances_m=None, z_step_m=None, n=None, kappa=0.0, base_m=0.0,
+    def __init__(self, design, shifts_px=None, distances_m=None, z_step_m=None, n=None, kappa=0.0, base_m=None,
                  workers=None):
         L = design.n_layers
         self.design = design
         self.workers = workers
         self.shifts_px = np.zeros((L, 2)) if shifts_px is None else np.asarray(shifts_px, dtype=np.float64)
-        d = list(design.distances_m) if distances_m is None else [float(v) for v in distances_m]
-        self.geometry = StackGeometry(design.layer_shape, design.pitch_m, design.wavelength_m, tuple(d),
-                                      design.window_shape)
+        if self.shifts_px.shape != (L, 2) or not np.all(np.isfinite(self.shifts_px)):
+            raise D2NNError(f"shifts_px must be {L} finite (rows, columns) pairs, got shape {self.shifts_px.shape}")
+        d = np.asarray(design.distances_m if distances_m is None else distances_m, dtype=np.float64)
+        if d.shape != (L + 1,):
+            raise D2NNError(f"distances_m must hold n_layers + 1 = {L + 1} gaps, got {d.size}")
         self.z_step_m = z_step_m
         self.n = float(design.material.n if n is None else n)
         self.kappa = float(kappa)
-        self.base_m = float(base_m)
+        self.base_m = float(design.fabrication.base_m if base_m is None else base_m)
+        material = dataclasses.replace(design.material, n=self.n, kappa=self.kappa or design.material.kappa)
+        fabrication = dataclasses.replace(design.fabrication, base_m=self.base_m)
+        self.printed_design = (design if material == design.material and fabrication == design.fabrication
+                               else dataclasses.replace(design, material=material, fabrication=fabrication))
+        p = design.pitch_m
+        gaps = d - np.asarray(design.distances_m, dtype=np.float64)
+        offsets = np.stack([self.shifts_px[:, 1] * p, self.shifts_px[:, 0] * p], axis=1)  # (dx, dy) = (cols, rows)
+        self.as_built = AsBuilt(layer_offsets_xy_m=offsets if np.any(offsets) else (),
+                                gap_errors_m=gaps if np.any(gaps) else (), z_step_m=z_step_m,
+                                absorption=self.kappa > 0)
+        self.stack = build(self.printed_design, self.as_built, oversample=1)
+        self.geometry = self.stack.geometry
 
     @classmethod
     def from_config(cls, design, cfg):
@@ -95,31 +103,21 @@ class MismatchedPhysics:
 
     @property
     def is_ideal(self):
-        return (not np.any(self.shifts_px) and tuple(self.geometry.distances_m) == tuple(self.design.distances_m)
-                and self.z_step_m is None and self.kappa == 0)
+        """True when the physics is the twin: nothing shifted, no gap error, the layers printed as designed."""
+        return self.as_built.is_ideal
 
     def transmissions(self, phases):
-        """Complex transmissions (L, ny, nx) complex64 of the printed, assembled layers."""
+        """Complex transmissions (L, ny, nx) complex64 of the printed layers (the stack's,
+        :meth:`BuiltStack.transmissions`; the layer offsets are in :attr:`geometry`)."""
         phases = np.asarray(phases, dtype=np.float32)
-        lam = self.design.wavelength_m
-        if self.z_step_m is not None or self.kappa:
-            h = np.mod(phases.astype(np.float64), 2 * np.pi) * lam / (2 * np.pi * (self.n - 1))
-            if self.z_step_m is not None:
-                h = np.round(h / self.z_step_m) * self.z_step_m
-            t = np.exp(1j * 2 * np.pi * (self.n - 1) * h / lam)
-            if self.kappa:
-                t = t * np.exp(-2 * np.pi * self.kappa * (self.base_m + h) / lam)
-            t = t.astype(np.complex64)
-        else:
-            t = np.exp(1j * phases).astype(np.complex64)
-        for l, (dy, dx) in enumerate(self.shifts_px):
-            if dy or dx:
-                t[l] = shift_map(t[l], float(dy), float(dx))
-        return t
+        return self.stack.transmissions(phases=phases).astype(np.complex64, copy=False)
 
     def intensity(self, phases, fields):
         """Output-plane intensity (B, ny, nx) of input fields (B, ny, nx) through the physics."""
-        out = stack_forward(self.geometry, self.transmissions(phases), fields, workers=self.workers).output
+        t = self.transmissions(phases)
+        fields = self.stack.place_input(fields)
+        engine = self.stack.engine(np.result_type(t.dtype, np.asarray(fields).dtype))
+        out = stack_forward(self.geometry, t, fields, workers=self.workers, engine=engine).output
         return out.real ** 2 + out.imag ** 2
 
 
@@ -172,6 +170,7 @@ class PATRule(BackpropRule):
         """Output intensity of the *physical* system (the trainer validates and tests on it)."""
         m = self.model
         return torch.from_numpy(self.physics.intensity(to_xp(m.phase), to_xp(m.encode(images))).astype(np.float32))
+
 
 def make(model, cfg, steps_per_epoch):
     return PATRule(model, cfg, steps_per_epoch)
