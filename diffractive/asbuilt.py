@@ -179,6 +179,35 @@ class AsBuilt:
         """True when nothing deviates from the design (the as-built stack is the designed one)."""
         return self == AsBuilt()
 
+    def combined(self, other: "AsBuilt") -> "AsBuilt":
+        """Both deviations at once: offsets, rotations and gap errors add, relative errors
+        compound (``(1 + a)(1 + b) - 1``), absorption if either, ``other``'s printer step and
+        defects where it has them (a budget's draw on top of a known mismatch)."""
+        def add(a, b):
+            if not a:
+                return b
+            if not b:
+                return a
+            return np.asarray(a) + np.asarray(b)
+
+        def rel(a, b):
+            return a + b + a * b  # (1 + a)(1 + b) - 1, exact when one is 0
+        return AsBuilt(
+            layer_offsets_xy_m=add(self.layer_offsets_xy_m, other.layer_offsets_xy_m),
+            layer_rotations_rad=add(self.layer_rotations_rad, other.layer_rotations_rad),
+            gap_errors_m=add(self.gap_errors_m, other.gap_errors_m),
+            thickness_error=rel(self.thickness_error, other.thickness_error),
+            z_step_m=other.z_step_m if other.z_step_m is not None else self.z_step_m,
+            defect_fraction=other.defect_fraction or self.defect_fraction,
+            defect_seed=other.defect_seed if other.defect_fraction else self.defect_seed,
+            index_error=rel(self.index_error, other.index_error), kappa_error=rel(self.kappa_error, other.kappa_error),
+            absorption=self.absorption or other.absorption,
+            wavelength_error=rel(self.wavelength_error, other.wavelength_error),
+            input_offset_xy_m=tuple(np.add(self.input_offset_xy_m, other.input_offset_xy_m)),
+            input_scale_error=rel(self.input_scale_error, other.input_scale_error),
+            detector_offset_xy_m=tuple(np.add(self.detector_offset_xy_m, other.detector_offset_xy_m)),
+            detector_rotation_rad=self.detector_rotation_rad + other.detector_rotation_rad)
+
     def to_json(self) -> dict:
         """Every field, JSON-ready (a synthetic measurement's or a tolerance draw's record)."""
         out = dataclasses.asdict(self)

@@ -119,3 +119,22 @@ def test_printed_features_stay_block_constant_and_smoothness_smooths(tmp_path, d
     assert pen[1] < 0.85 * pen[0], pen  # 1.98 -> 1.49 when written (random start: 2)
     with pytest.raises(ConfigError, match="feature_px"):
         _config({"feature_px": 0})
+
+
+def test_physics_aware_training_takes_a_budget_on_top_of_its_mismatch(tmp_path, digits):
+    """rule = "pat" with [robustness]: each step's physics is the configured mismatch plus a
+    fresh draw; the twin still computes the gradient. Without a budget PAT is unchanged."""
+    from diffractive.asbuilt import AsBuilt
+
+    a = AsBuilt(layer_offsets_xy_m=[(1e-4, 0.0), (0.0, 2e-4)], gap_errors_m=(1e-4, 0, 0), index_error=0.01)
+    b = AsBuilt(layer_offsets_xy_m=[(1e-4, 1e-4), (0.0, 0.0)], gap_errors_m=(0, -1e-4, 0), index_error=0.02,
+                z_step_m=16e-6)
+    c = a.combined(b)
+    assert c.layer_offsets_xy_m == ((2e-4, 1e-4), (0.0, 2e-4)) and c.gap_errors_m == (1e-4, -1e-4, 0.0)
+    assert c.index_error == pytest.approx(1.01 * 1.02 - 1) and c.z_step_m == 16e-6
+    assert AsBuilt().combined(a) == a
+    plain = _train(_config(epochs=1, rule="pat"), tmp_path / "pat", digits)
+    robust = _train(_config({"budget": "hand"}, epochs=1, rule="pat"), tmp_path / "pat-robust", digits)
+    assert not np.array_equal(plain.phases, robust.phases)
+    with pytest.raises(Exception, match="oversample = 1"):
+        Trainer(_config({"budget": "hand", "oversample": 2}, rule="pat"), tmp_path / "x", data=digits)

@@ -28,6 +28,7 @@ trained by backprop) on the same mismatched physics (``benchmarks/rules.py``).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -112,6 +113,16 @@ class MismatchedPhysics:
         phases = np.asarray(phases, dtype=np.float32)
         return self.stack.transmissions(phases=phases).astype(np.complex64, copy=False)
 
+    def perturbed(self, extra, engine=None) -> "MismatchedPhysics":
+        """This physics with the deviations ``extra`` (an :class:`~diffractive.asbuilt.AsBuilt`,
+        e.g. a budget's draw for one batch of robust training) on top; shares the FFT workspaces
+        of ``engine`` if given."""
+        out = copy.copy(self)
+        out.as_built = self.as_built.combined(extra)
+        out.stack = build(self.printed_design, out.as_built, oversample=1, engine=engine)
+        out.geometry = out.stack.geometry
+        return out
+
     def intensity(self, phases, fields):
         """Output-plane intensity (B, ny, nx) of input fields (B, ny, nx) through the physics."""
         t = self.transmissions(phases)
@@ -151,11 +162,21 @@ class PATRule(BackpropRule):
         if model.phase.device.type != "cpu":
             raise TrainingError("rule 'pat' runs on the CPU (the mismatched physics is NumPy); train with device='cpu'")
         self.physics = MismatchedPhysics.from_config(model.design, cfg)
+        if self.vaccination is not None and self.vaccination.oversample != 1:
+            raise TrainingError("rule 'pat' with [robustness] needs oversample = 1 (its twin runs on the design grid)")
 
     def physical_intensity(self, images):
-        """Differentiable (through the twin) output intensity of the physical system."""
+        """Differentiable (through the twin) output intensity of the physical system; with
+        ``[robustness]``, of the physical system with this step's draw from the budget on top."""
         m = self.model
-        return _PhysicsAwareIntensity.apply(m.phase, m.encode(images), self.physics, m.geometry, m.workers)
+        physics = self.physics
+        if self.vaccination is not None:
+            v = self.vaccination
+            rng = np.random.default_rng([v.seed, self.scheduler.last_epoch])
+            extra = v.budget.draw(rng, m.design.n_layers, m.design.fabrication.z_step_m)
+            physics = self.physics.perturbed(extra, engine=getattr(self, "_engine", None))
+            self._engine = physics.stack.engine()
+        return _PhysicsAwareIntensity.apply(m.phase, m.encode(images), physics, m.geometry, m.workers)
 
     def loss(self, images, labels):
         from ..model import detector_loss  # noqa: PLC0415
