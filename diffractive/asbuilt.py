@@ -68,7 +68,7 @@ from .detectors import class_scores, detector_masks
 from .errors import D2NNError, FieldError, field_errors
 from .grid import Grid
 from .layers import transmission
-from .stack import StackGeometry, forward, new_engine
+from .stack import StackGeometry, forward, new_engine, shared_engine
 
 #: The largest oversampling factor accepted (a Lin-size stack at k = 8 needs 3200 x 3200 FFTs).
 MAX_OVERSAMPLE = 8
@@ -325,9 +325,14 @@ class BuiltStack:
         return self.geometry.layer_shape
 
     def engine(self, dtype=np.complex64):
-        """The propagation engine of the as-built geometry (made on first use, owned by this stack)."""
+        """The propagation engine of the as-built geometry: the process-wide one of the design
+        for an ideal stack at k = 1 (what :func:`diffractive.simulate.simulate` runs), else one
+        made on first use and owned by this stack (drawn stacks would evict the shared cache)."""
         if self._engine is None or self._engine.dtype != np.dtype(dtype):
-            self._engine = new_engine(self.geometry, dtype, self.xp)
+            if self.as_built.is_ideal and self.oversample == 1:
+                self._engine = shared_engine(self.geometry, dtype, self.xp)
+            else:
+                self._engine = new_engine(self.geometry, dtype, self.xp)
         return self._engine
 
     # -- layers ---------------------------------------------------------------------
@@ -521,21 +526,26 @@ def build(design, as_built: AsBuilt | None = None, *, oversample: int = 1, xp=np
 
 
 def simulate_built(design, images, as_built: AsBuilt | None = None, *, oversample: int = 1, heights_m=None,
-                   batch_size: int = 64, backend=None, keep_intensity: bool = False, workers=None, progress=None,
-                   stack: BuiltStack | None = None):
+                   transmissions=None, batch_size: int = 64, backend=None, keep_intensity: bool = False, workers=None,
+                   progress=None, stack: BuiltStack | None = None):
     """Simulate ``images`` (N, h, w) through ``design`` as built; a
     :class:`~diffractive.simulate.SimulationResult` (powers in design-grid units).
 
     ``heights_m`` (L, ny, nx): printed heights to use instead of the design's phases (read
-    back from STL files). ``stack``: an already built stack (then ``as_built`` and
-    ``oversample`` are its). ``progress(n_done)`` after each batch.
+    back from STL files); ``transmissions`` (L, ny*k, nx*k): the layers themselves.
+    ``stack``: an already built stack (then ``as_built`` and ``oversample`` are its).
+    ``progress(n_done)`` after each batch. :func:`diffractive.simulate.simulate` is this
+    function for the ideal stack.
     """
     from .simulate import SimulationResult  # noqa: PLC0415
 
     xp = resolve_backend(backend)
     if stack is None:
         stack = build(design, as_built, oversample=oversample, xp=xp)
-    t = stack.transmissions(heights_m=None if heights_m is None else xp.asarray(heights_m, dtype=np.float32))
+    if transmissions is not None:
+        t = xp.asarray(transmissions, dtype=np.complex64)
+    else:
+        t = stack.transmissions(heights_m=None if heights_m is None else xp.asarray(heights_m, dtype=np.float32))
     powers, totals, intens = [], [], []
     n = len(images)
     k2 = float(stack.oversample ** 2)

@@ -5,10 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import resolve_backend, to_numpy
-from .detectors import class_scores, detector_masks, readout
 from .layers import transmission
-from .stack import forward
 
 
 @dataclass
@@ -39,27 +36,12 @@ def simulate(design, images, *, batch_size=64, backend=None, keep_intensity=Fals
              progress=None) -> SimulationResult:
     """Simulate ``images`` (N, h, w) through ``design``; returns a :class:`SimulationResult`.
 
-    ``transmissions`` (L, ny, nx) replaces the design's ideal layers (e.g. layers
-    recovered from STL files). ``progress(n_done)`` is called after each batch.
+    ``transmissions`` (L, ny, nx) replaces the design's ideal layers. ``progress(n_done)``
+    is called after each batch. The ideal stack of the as-built model
+    (:func:`diffractive.asbuilt.simulate_built` with no deviations), which runs the design's
+    layers ``exp(i phi)`` on the process-wide engine.
     """
-    xp = resolve_backend(backend)
-    t = design_transmissions(design, xp) if transmissions is None else xp.asarray(transmissions, dtype=np.complex64)
-    masks = detector_masks(design.detectors, design.grid, xp)
-    geometry = design.geometry
-    powers, totals, intens = [], [], []
-    n = len(images)
-    for a in range(0, n, batch_size):
-        fields = input_fields(design, images[a:a + batch_size], xp)
-        out = forward(geometry, t, fields).output
-        inten = (out.real ** 2 + out.imag ** 2)
-        powers.append(to_numpy(readout(inten, masks)))
-        totals.append(to_numpy(inten.sum(axis=(-2, -1))))
-        if keep_intensity:
-            intens.append(to_numpy(inten))
-        if progress is not None:
-            progress(min(n, a + batch_size))
-    powers = np.concatenate(powers) if powers else np.zeros((0, len(design.detectors)))
-    scores = class_scores(powers.astype(np.float64), design.detectors, design.n_classes)
-    return SimulationResult(powers=powers, scores=scores, predictions=np.argmax(scores, axis=1),
-                            total_power=np.concatenate(totals) if totals else np.zeros(0),
-                            intensity=np.concatenate(intens) if keep_intensity else None)
+    from .asbuilt import simulate_built  # noqa: PLC0415
+
+    return simulate_built(design, images, transmissions=transmissions, batch_size=batch_size, backend=backend,
+                          keep_intensity=keep_intensity, progress=progress)

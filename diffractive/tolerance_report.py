@@ -91,10 +91,12 @@ def html_page(result) -> str:
 
 
 def curves_figure(results, labels=None):
-    """One panel per error kind swept in any of ``results``; a line per result (mean accuracy
-    with its 95 % interval), dashed at its as-printed accuracy. Returns the Figure."""
-    labels = labels or [r.design or f"design {i + 1}" for i, r in enumerate(results)]
-    kinds = [k for k in KINDS if any(s.kind == k for r in results for s in r.sweeps)]
+    """One panel per error kind swept in any of ``results`` (each a :class:`ToleranceResult` or
+    its ``to_json()`` / a parsed tolerance.json); a line per result (mean accuracy with its 95 %
+    interval), dotted at its ideal accuracy, the budget's size dashed. Returns the Figure."""
+    docs = [r if isinstance(r, dict) else r.to_json() for r in results]
+    labels = labels or [d.get("design") or f"design {i + 1}" for i, d in enumerate(docs)]
+    kinds = [k for k in KINDS if any(s["kind"] == k for d in docs for s in d["sweeps"])]
     cols = min(4, max(1, len(kinds)))
     rows = max(1, math.ceil(len(kinds) / cols))
     fig = new_figure(3.4 * cols, 2.8 * rows)
@@ -102,18 +104,17 @@ def curves_figure(results, labels=None):
     for i, kind in enumerate(kinds):
         ax = fig.add_subplot(rows, cols, i + 1)
         mult, unit = _SHOW[KINDS[kind].unit]
-        for r, label, color in zip(results, labels, colors * 4):
-            s = next((s for s in r.sweeps if s.kind == kind), None)
+        for d, label, color in zip(docs, labels, colors * 4):
+            s = next((s for s in d["sweeps"] if s["kind"] == kind), None)
             if s is None:
                 continue
-            x = [p.size * mult for p in s.points]
-            y = [100 * p.mean for p in s.points]
-            lo = [100 * p.interval[0] for p in s.points]
-            hi = [100 * p.interval[1] for p in s.points]
-            ax.plot(x, y, "o-", color=color, ms=3, label=label)
-            ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
-            ax.axhline(100 * r.ideal_accuracy, color=color, ls=":", lw=1)
-            size = r.budget.size(kind)
+            x = [p["size"] * mult for p in s["points"]]
+            ax.plot(x, [100 * p["mean"] for p in s["points"]], "o-", color=color, ms=3, label=label)
+            ax.fill_between(x, [100 * p["ci95"][0] for p in s["points"]], [100 * p["ci95"][1] for p in s["points"]],
+                            color=color, alpha=0.2, lw=0)
+            ax.axhline(100 * d["ideal_accuracy"], color=color, ls=":", lw=1)
+            size = d["budget"].get(kind, {})
+            size = size.get("uniform", size.get("normal", size.get("fraction")))
             if size:
                 ax.axvline(size * mult, color="grey", ls="--", lw=0.8)
         ax.set_title(kind, fontsize=9)

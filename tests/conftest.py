@@ -100,3 +100,19 @@ def tiny_config():
         return parse_config(doc)
 
     return tiny_config
+
+
+def _roll(a, dx, dy):
+    """``a`` (..., ny, nx) moved by whole cells (content at r goes to r + d), uncovered cells 0:
+    an independent way to move a plate, the reference of the as-built model's offsets."""
+    out = np.zeros_like(a)
+    ny, nx = a.shape[-2:]
+    out[..., max(dy, 0):ny + min(dy, 0), max(dx, 0):nx + min(dx, 0)] = \
+        a[..., max(-dy, 0):ny - max(dy, 0), max(-dx, 0):nx - max(dx, 0)]
+    return out
+
+
+@pytest.fixture(scope="session")
+def roll():
+    """``roll(a, dx, dy)``: ``a`` (..., ny, nx) moved by whole cells, uncovered cells 0."""
+    return _roll

@@ -32,15 +32,6 @@ def images():
     return np.random.default_rng(3).random((4, 8, 8)).astype(np.float32)
 
 
-def _roll(a, dx, dy):
-    """``a`` (..., ny, nx) moved by whole cells (content at r goes to r + d), uncovered cells 0."""
-    out = np.zeros_like(a)
-    ny, nx = a.shape[-2:]
-    out[..., max(dy, 0):ny + min(dy, 0), max(dx, 0):nx + min(dx, 0)] = \
-        a[..., max(-dy, 0):ny - max(dy, 0), max(-dx, 0):nx - max(dx, 0)]
-    return out
-
-
 def test_the_ideal_as_built_stack_is_the_simulated_design(images):
     d = _design()
     ref = simulate(d, images).powers
@@ -49,16 +40,16 @@ def test_the_ideal_as_built_stack_is_the_simulated_design(images):
     assert AsBuilt().is_ideal and not AsBuilt(thickness_error=0.01).is_ideal
 
 
-def test_placement_rolls_whole_pixels_and_the_k_cell_shift_is_the_whole_pixel_shift():
+def test_placement_rolls_whole_pixels_and_the_k_cell_shift_is_the_whole_pixel_shift(roll):
     t = np.random.default_rng(0).random((12, 10))
     one = apply_placement(t, placement(t.shape, 1, (2.0, -1.0)), t.shape)
-    np.testing.assert_array_equal(one, _roll(t, 2, -1))
+    np.testing.assert_array_equal(one, roll(t, 2, -1))
     for k in (2, 3):
         fine = apply_placement(t, placement(t.shape, k, (2.0, -1.0)), (12 * k, 10 * k))
         np.testing.assert_array_equal(fine, np.kron(one, np.ones((k, k))))
         # half a printed pixel at k = 2 is one fine cell: an exact roll of the upsampled print
     fine = apply_placement(t, placement(t.shape, 2, (0.5, 0.0)), (24, 20))
-    np.testing.assert_array_equal(fine, _roll(np.kron(t, np.ones((2, 2))), 1, 0))
+    np.testing.assert_array_equal(fine, roll(np.kron(t, np.ones((2, 2))), 1, 0))
 
 
 def test_placement_rotates_a_quarter_turn_counter_clockwise_in_the_xy_frame():
@@ -69,7 +60,7 @@ def test_placement_rotates_a_quarter_turn_counter_clockwise_in_the_xy_frame():
 
 
 @pytest.mark.parametrize("k,shift_cells", [(1, (1, 0)), (1, (2, -1)), (2, (1, -1)), (2, (3, 2))])
-def test_a_shifted_layer_equals_the_rolled_layer(images, k, shift_cells):
+def test_a_shifted_layer_equals_the_rolled_layer(images, k, shift_cells, roll):
     """Lateral offsets run as shifted hops (exact for any offset); an independent whole-cell
     roll of the layer's transmission on the global grid must give the same output."""
     d = _design()
@@ -78,13 +69,13 @@ def test_a_shifted_layer_equals_the_rolled_layer(images, k, shift_cells):
     shifted = build(d, AsBuilt(layer_offsets_xy_m=[(sx * p, sy * p), (0.0, 0.0)]), oversample=k)
     ideal = build(d, oversample=k)
     t = ideal.transmissions()
-    t[0] = _roll(t[0], sx, sy)
+    t[0] = roll(t[0], sx, sy)
     ref = ideal.intensity(images, transmissions=t)
     got = shifted.intensity(images)
     assert np.abs(got - ref).max() < 1e-3 * ref.max()
 
 
-def test_moving_everything_together_moves_the_output(images):
+def test_moving_everything_together_moves_the_output(images, roll):
     """Equivariance: input, layers and detectors all displaced by the same d give the ideal
     powers. Checked against rolls of the input field and the layers and moved detectors,
     independently of the shifted hops (whose relative shifts are then all zero)."""
@@ -99,8 +90,8 @@ def test_moving_everything_together_moves_the_output(images):
         Detector(q.class_index, (q.center_xy_m[0] + 2 * p, q.center_xy_m[1] - 3 * p), q.size_xy_m, q.sign)
         for q in d.detectors))
     st = build(moved)
-    t = _roll(st.transmissions(), 2, -3)
-    fields = _roll(d.input.fields(images, d.grid), 2, -3)
+    t = roll(st.transmissions(), 2, -3)
+    fields = roll(d.input.fields(images, d.grid), 2, -3)
     from diffractive.stack import forward
 
     out = forward(d.geometry, t, fields).output

@@ -68,16 +68,7 @@ def test_field_sampling_is_band_limited_interpolation():
     np.testing.assert_allclose(sample_output(field, p, X[:, :-3] + 3, Y[:, :-3])[0], field[0][:, 3:], atol=1e-12)
 
 
-def _roll(a, dx, dy):
-    """``a`` (..., ny, nx) moved by whole pixels (content at r goes to r + d), uncovered pixels 0."""
-    out = np.zeros_like(a)
-    ny, nx = a.shape[-2:]
-    out[..., max(dy, 0):ny + min(dy, 0), max(dx, 0):nx + min(dx, 0)] = \
-        a[..., max(-dy, 0):ny - max(dy, 0), max(-dx, 0):nx - max(dx, 0)]
-    return out
-
-
-def test_a_whole_pixel_layer_offset_is_the_rolled_layer(digits_split):
+def test_a_whole_pixel_layer_offset_is_the_rolled_layer(digits_split, roll):
     """t'(r) = t(r - d), uncovered pixels opaque: checked against an independent roll of the
     layer's transmission on the design grid (a small object and short gaps keep the light
     inside the grid, so the roll loses nothing the shifted plate would have passed)."""
@@ -89,7 +80,7 @@ def test_a_whole_pixel_layer_offset_is_the_rolled_layer(digits_split):
     off = np.array([[2 * p, -1 * p], [0.0, 0.0]])  # layer 1: 2 px towards +x, 1 px towards -y
     lab = simulate_lab(design, images, labels, imperfections=Imperfections(layer_offsets_m=off), fmt="scan")
     t = design_transmissions(design)
-    t[0] = _roll(t[0], 2, -1)
+    t[0] = roll(t[0], 2, -1)
     out = forward(design.geometry, t, input_fields(design, images)).output
     ref = np.abs(out) ** 2
     assert np.abs(lab.intensity - ref).max() < 1e-3 * ref.max()

@@ -36,6 +36,7 @@ def register(sub):
                    help="write tolerance.json, tolerance.md, tolerance.html and tolerance.png into DIR (new)")
     p.add_argument("--force", action="store_true", help="allow --report into a folder that holds files")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
 
 
@@ -92,7 +93,7 @@ def run(args) -> int:
         raise UserError(str(e)) from None
     result = analyse(design, images, labels, budget, draws=args.draws, oversample=args.oversample, seed=args.seed,
                      kinds=kinds, sweep_draws=args.sweep_draws, sweep_images=args.sweep_samples, workers=args.workers,
-                     progress=_progress(args.json), name=str(args.design), dataset=f"{args.dataset}/{args.split}")
+                     progress=_progress(args.quiet), name=str(args.design), dataset=f"{args.dataset}/{args.split}")
     if args.report is not None:
         write_report(result, args.report)
     if args.json:
