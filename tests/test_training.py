@@ -139,7 +139,7 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, digits):
     tr.rule.step = poisoned
     with pytest.raises(TrainingError, match="NaN|nan"):
         tr.run()
-    ck = torch.load(tmp_path / "nan" / "checkpoints" / "last.pt", weights_only=False)
+    ck = torch.load(tmp_path / "nan" / "checkpoints" / "last.pt", weights_only=True)
     assert torch.isfinite(ck["model"]["phase"]).all() and ck["state"]["global_step"] == 10
 
 

@@ -43,6 +43,31 @@ class TrainingError(D2NNError, RuntimeError):
     """Training cannot go on (diverged, bad state); the message says why."""
 
 
+def _as_data(obj):
+    """``obj`` with NumPy arrays and scalars turned into what ``torch.load(weights_only=True)``
+    reads back: tensors (tagged, so :func:`_from_data` restores arrays) and Python numbers."""
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(obj))}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _as_data(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_as_data(v) for v in obj)
+    return obj
+
+
+def _from_data(obj):
+    """Inverse of :func:`_as_data`."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__ndarray__"} and isinstance(obj["__ndarray__"], torch.Tensor):
+            return obj["__ndarray__"].numpy()
+        return {k: _from_data(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_from_data(v) for v in obj)
+    return obj
+
+
 class BackpropRule:
     """End-to-end gradients through the bridge, Adam, and a per-step LR schedule."""
 
@@ -220,14 +245,20 @@ class Trainer:
         if not is_writer():
             return
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint = {"model": self.model.state_dict(), "rule": self.rule.state_dict(), "state": self.state,
-                      "config": self.cfg.to_dict()}
+        checkpoint = {"model": self.model.state_dict(), "rule": _as_data(self.rule.state_dict()),
+                      "state": _as_data(self.state), "config": self.cfg.to_dict()}
         # temporary file, fsync, rename; removed again if the write fails (a SIGKILL leaves at
         # most a stray temporary beside the last complete checkpoint, never a torn one)
         atomic_write(self.ckpt_dir / name, lambda f: torch.save(checkpoint, f))
 
     def _load(self, path):
-        ck = torch.load(path, map_location=self.device, weights_only=False)
+        # checkpoints are data, never code: tensors and plain containers only
+        try:
+            ck = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as e:  # noqa: BLE001  (torch raises UnpicklingError, RuntimeError, EOFError, ...)
+            raise TrainingError(f"{path}: not a readable d2nn checkpoint ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:200]})") from None
+        ck["rule"], ck["state"] = _from_data(ck["rule"]), _from_data(ck["state"])
         if ck["config"] != self.cfg.to_dict():
             raise TrainingError(f"{path} was written with a different config; resume with the same config file "
                                 "or start a new run")
@@ -336,7 +367,7 @@ class Trainer:
             return None
         best = self.ckpt_dir / "best.pt"
         if best.exists():
-            self.model.load_state_dict(torch.load(best, map_location=self.device, weights_only=False)["model"])
+            self.model.load_state_dict(torch.load(best, map_location=self.device, weights_only=True)["model"])
         test = self.evaluate(self.test_x, self.test_y, keep_mean_intensity=True)
         conf = confusion_matrix(self.test_y, test["predictions"], self.model.design.n_classes)
         st = self.state
