@@ -114,3 +114,28 @@ def test_the_command_runs_and_refuses_bad_input(trained, tmp_path, capsys):
     assert "not an empty folder" in capsys.readouterr().err
     assert main(["tolerance", str(folder), "--dataset", "digits", "--budget", str(tmp_path / "none.toml")]) == 2
     assert "neither a shipped budget" in capsys.readouterr().err
+
+
+def test_export_reads_the_designs_own_tolerance_report(trained, tmp_path, capsys):
+    import shutil
+
+    from d2nn.cli import main
+
+    folder, d, x, y = trained
+    design = tmp_path / "design"
+    shutil.copytree(folder, design, ignore=shutil.ignore_patterns("checkpoints"))
+    assert main(["export", str(design), "--out", str(tmp_path / "plain"), "--quiet", "--verify", "no"]) == 0
+    man = json.loads((tmp_path / "plain" / "manifest.json").read_text())
+    assert man["tolerance"]["computed"] is False and "d2nn tolerance" in man["tolerance"]["how"]
+    assert "no tolerance analysis found" in capsys.readouterr().out
+    assert main(["tolerance", str(design), "--dataset", "digits", "--samples", "20", "--draws", "2", "--kinds", "none",
+                 "--budget", "hand", "--report", str(design / "tolerance"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(design), "--out", str(tmp_path / "stl"), "--quiet", "--verify", "no"]) == 0
+    man = json.loads((tmp_path / "stl" / "manifest.json").read_text())
+    assert man["tolerance"]["budget"] == "hand" and man["tolerance"]["draws"] == 2
+    assert "as built under budget 'hand'" in capsys.readouterr().out
+    (design / "tolerance" / "tolerance.json").write_text("{not json")
+    assert main(["export", str(design), "--out", str(tmp_path / "bad"), "--quiet", "--verify", "no"]) == 2
+    assert "tolerance.json: not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
