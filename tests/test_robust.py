@@ -96,6 +96,13 @@ def test_vaccination_buys_accuracy_as_built(tmp_path, digits):
     a_plain = accuracy_under(plain, x, y, budget, draws=6, seed=9).mean
     a_robust = accuracy_under(robust, x, y, budget, draws=6, seed=9).mean
     assert a_robust > a_plain + 0.08, (a_plain, a_robust)
+    # the robust run picked its best epoch by the validation accuracy as built
+    import json
+
+    metrics = json.loads((tmp_path / "robust" / "metrics.json").read_text())
+    built = [row["val_accuracy_as_built"] for row in metrics["history"]]
+    assert metrics["best_val_accuracy"] == max(built) and metrics["best_epoch"] == 1 + int(np.argmax(built))
+    assert "val_accuracy_as_built" not in json.loads((tmp_path / "plain" / "metrics.json").read_text())["history"][0]
 
 
 def test_smoothness_penalty_is_the_mean_squared_phasor_difference():

@@ -112,6 +112,7 @@ class RobustnessConfig:
     seed: typing.Optional[int] = None         # seed of the draws (default trainer.seed)
     feature_px: int = 1                       # printed feature: phases constant over b x b pixels
     smoothness: float = 0.0                   # weight of the phasor-smoothness prior (0: none)
+    val_draws: int = 2                        # fixed stacks the validation accuracy is measured on
 
     def load_budget(self, cfg):
         """The :class:`~diffractive.budget.ErrorBudget` named (a path is relative to the config file)."""
@@ -270,6 +271,8 @@ def parse_config(doc: dict, source: str = "<config>") -> Config:
     r = cfg.robustness
     if r.feature_px < 1 or r.feature_px > min(cfg.geometry.layer_shape):
         raise ConfigError(f"{source} [robustness]: 'feature_px' must be from 1 to the layer size, got {r.feature_px}")
+    if r.val_draws < 1:
+        raise ConfigError(f"{source} [robustness]: 'val_draws' must be >= 1, got {r.val_draws}")
     if r.smoothness < 0:
         raise ConfigError(f"{source} [robustness]: 'smoothness' must be >= 0, got {r.smoothness}")
     r.load_budget(cfg)  # a bad budget fails here, naming the config and the budget file

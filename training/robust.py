@@ -29,6 +29,10 @@ from diffractive.budget import ErrorBudget
 from .bridge import from_xp, stack_intensity, to_xp
 
 
+#: Draws ``VALIDATION_STEP + i`` are the validation stacks (no training run takes 2**40 steps).
+VALIDATION_STEP = 2 ** 40
+
+
 class Vaccination:
     """Draws one as-built stack per training step and runs the model's layers through it.
 
@@ -58,7 +62,15 @@ class Vaccination:
     def powers(self, model, images, step: int):
         """``(powers (B, K), intensity (B, ny*k, nx*k))`` of ``images`` through this step's stack,
         differentiable in the model's parameters."""
-        stack = self.stack(step)
+        return self.powers_through(model, images, self.stack(step))
+
+    def validation_stacks(self, n: int) -> list:
+        """``n`` fixed stacks (the same every epoch and every run with this seed) on which
+        the trainer measures the validation accuracy as built, to pick the best epoch."""
+        return [self.stack(VALIDATION_STEP + i) for i in range(n)]
+
+    def powers_through(self, model, images, stack):
+        """As :meth:`powers`, through a given :class:`~diffractive.asbuilt.BuiltStack`."""
         t = stack.transmissions(phases=model.phase, amplitudes=model.amplitudes())
         fields = from_xp(stack.input_fields(to_xp(images.float())), images.device)
         intensity = stack_intensity(t, fields, stack.geometry, self.workers, engine=stack.engine())
