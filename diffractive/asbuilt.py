@@ -56,12 +56,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import heights as _heights
+from .heights import _lib  # (kind, module) of a NumPy, CuPy or torch array
 from ._validate import finite_real, non_negative_finite
 from .backend import resolve_backend, to_numpy
 from .detectors import class_scores, detector_masks
@@ -143,9 +143,9 @@ class AsBuilt:
     detector_rotation_rad: float = 0.0
 
     def __post_init__(self):
-        for name in ("layer_offsets_xy_m",):
-            v = getattr(self, name)
-            object.__setattr__(self, name, _pairs(name, v, len(v) if hasattr(v, "__len__") else -1))
+        v = self.layer_offsets_xy_m
+        object.__setattr__(self, "layer_offsets_xy_m", _pairs("layer_offsets_xy_m", v,
+                                                              len(v) if hasattr(v, "__len__") else -1))
         for name in ("layer_rotations_rad", "gap_errors_m"):
             v = getattr(self, name)
             object.__setattr__(self, name, _values(name, v, len(v) if hasattr(v, "__len__") else -1))
@@ -264,15 +264,6 @@ def placement(shape_yx, upsample: int = 1, offset_xy_px=(0.0, 0.0), rotation_rad
     return index, valid.ravel()
 
 
-def _lib(a):
-    mod = type(a).__module__
-    if mod.startswith("torch"):
-        return "torch", sys.modules["torch"]
-    if mod.startswith("cupy"):
-        return "cupy", sys.modules["cupy"]
-    return "numpy", np
-
-
 def apply_placement(src, placed, target_shape):
     """Values of ``src`` (..., ny, nx) at a :func:`placement`: (..., *target_shape).
 
@@ -319,6 +310,7 @@ class BuiltStack:
     defect_heights_m: np.ndarray | None
     xp: object = np
     _engine: object = None
+    _torch_masks: object = None
 
     @property
     def fine_shape(self) -> tuple[int, int]:
@@ -427,17 +419,19 @@ class BuiltStack:
         flat = intensity.reshape(tuple(intensity.shape[:-2]) + (-1,))
         masks = self.masks.reshape(K, -1)
         if kind == "torch":
-            masks = lib.as_tensor(to_numpy(masks) if not isinstance(masks, np.ndarray) else masks,
-                                  dtype=flat.dtype, device=flat.device)
-            return (flat @ masks.T) / float(self.oversample ** 2)
+            # made once per stack and device (a training step reads out every batch)
+            key = (flat.dtype, flat.device)
+            if self._torch_masks is None or self._torch_masks[0] != key:
+                self._torch_masks = (key, lib.as_tensor(to_numpy(masks), dtype=flat.dtype, device=flat.device))
+            return (flat @ self._torch_masks[1].T) / float(self.oversample ** 2)
         return (flat @ lib.asarray(masks, dtype=flat.dtype).T) / flat.dtype.type(self.oversample ** 2)
 
     def intensity(self, images, *, transmissions=None, workers=None):
         """Output-plane intensity (B, ny*k, nx*k) of ``images`` through the built stack."""
         t = self.transmissions() if transmissions is None else transmissions
         fields = self.input_fields(images)
-        out = forward(self.geometry, t, fields, workers=workers, engine=self.engine(np.result_type(t.dtype, fields.dtype)
-                                                                                    )).output
+        engine = self.engine(np.result_type(t.dtype, fields.dtype))
+        out = forward(self.geometry, t, fields, workers=workers, engine=engine).output
         return out.real ** 2 + out.imag ** 2
 
 

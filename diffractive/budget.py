@@ -70,6 +70,11 @@ KINDS = {k.key: k for k in (
 
 DISTRIBUTIONS = ("uniform", "normal")
 
+#: Sizes no budget may reach, by unit: a length beyond 10 cm or a half-turn is not an assembly
+#: tolerance but a typo (1e308 would turn every transfer function into NaN), and a relative
+#: error of 100 % (or a defect fraction of 1) leaves no material or source to speak of.
+_LIMITS = {"m": (0.1, "0.1 m"), "deg": (180.0, "180 deg"), "": (1.0, "1 (100 %)")}
+
 
 @dataclass(frozen=True)
 class Distribution:
@@ -221,8 +226,9 @@ def parse_budget(doc: dict, source: str = "<budget>") -> ErrorBudget:
                 size = non_negative_finite(f"{key}.{shape}", value[shape])
         except FieldError as e:
             raise D2NNError(f"{source}: {e}") from None
-        if key == "defects" and size >= 1:
-            raise D2NNError(f"{source}: [defects] fraction must be below 1, got {size!r}")
+        limit = _LIMITS[KINDS[key].unit]
+        if size >= limit[0]:
+            raise D2NNError(f"{source}: [{key}] {shape} must be below {limit[1]}, got {size!r}")
         note = value.get("source", "")
         if not isinstance(note, str):
             raise D2NNError(f"{source}: [{key}] source must be a string")

@@ -143,6 +143,12 @@ def read_summary(path) -> dict:
     summary = doc.get("summary")
     if not isinstance(summary, dict) or not isinstance(summary.get("budget"), str):
         raise D2NNError(f"{path}: field 'summary' is missing or malformed")
+    for key in ("ideal_accuracy", "printed_accuracy", "expected_accuracy", "p5_accuracy"):
+        v = summary.get(key, 0.0 if key in ("expected_accuracy", "p5_accuracy") else None)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise D2NNError(f"{path}: field 'summary.{key}' must be an accuracy in [0, 1], got {v!r}")
+    if not isinstance(summary.get("tolerances", {}), dict):
+        raise D2NNError(f"{path}: field 'summary.tolerances' must be an object")
     return summary
 
 

@@ -66,6 +66,10 @@ def test_only_and_empty():
     ("[lateral_m]\nuniform = -1e-4", "lateral_m.uniform"),
     ("[lateral_m]\nwidth = 1e-4", "unknown key 'width'"),
     ("[defects]\nfraction = 1.5", "below 1"),
+    ("[lateral_m]\nuniform = 1e308", "below 0.1 m"),
+    ("[rotation_deg]\nnormal = 400", "below 180 deg"),
+    ("[lateral_m]\nuniform = '0.2mm'", "must be a real number"),
+    ("[lateral_m]\nunif", "not valid TOML"),
     ("absorption = 'yes'", "absorption must be true or false"),
     ("[axial_m\nuniform = 1", "not valid TOML"),
 ])

@@ -88,6 +88,12 @@ def test_report_and_export_carry_the_summary(trained, tmp_path):
     bad.write_text('{"schema": "other"}')
     with pytest.raises(D2NNError, match="bad.json"):
         read_summary(bad)
+    for text, match in (('{"schema": "d2nn.tolerance/1", "summary": {"budget": "x", "ideal_accuracy": "high", '
+                         '"printed_accuracy": 0.9}}', "summary.ideal_accuracy"), ("", "not valid JSON"),
+                        ('{"schema": "d2nn.tolerance/1", "summary": {"budget": "x"', "not valid JSON")):
+        bad.write_text(text)
+        with pytest.raises(D2NNError, match=match):
+            read_summary(bad)
     from fabrication.export import export_design
 
     res = export_design(d, tmp_path / "stl", tolerance=summary, verify=False)
