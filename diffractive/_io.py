@@ -49,3 +49,25 @@ def atomic_write_bytes(path, data: bytes, *, overwrite=True) -> Path:
 def write_json_atomic(path, obj) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     return atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def refuse_overwriting_inputs(out, inputs, *, option: str = "out") -> None:
+    """Raise if writing to ``out`` could delete or replace one of ``inputs``.
+
+    ``out`` (a file or a folder a command writes into, possibly clearing it) is refused
+    when it resolves -- symbolic links followed -- to one of ``inputs`` or to a folder
+    that holds one of them: ``d2nn evaluate --report DESIGN --force`` must not clear the
+    design it is reading, whatever ``--force`` says. ``option`` names the parameter in
+    the message.
+    """
+    from .errors import D2NNError  # noqa: PLC0415
+
+    target = Path(out).resolve()
+    for item in inputs:
+        if item is None:
+            continue
+        src = Path(item).resolve()
+        if src == target or target in src.parents:
+            what = "is" if src == target else "holds"
+            raise D2NNError(f"{option} {out} {what} an input of this command ({item}); "
+                            f"write to another {'file' if src == target else 'folder'}")
