@@ -24,8 +24,10 @@ import json
 import math
 import os
 import stat
+import struct
 import tomllib
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -122,28 +124,62 @@ def read_text(path, *, max_bytes: int = MAX_TEXT_BYTES) -> str:
     return decode_text(path, read_bytes(path, max_bytes=max_bytes))
 
 
-def _parse_int(path):
-    def parse(s: str) -> int:
+class _Refused:
+    """A JSON value :func:`parse_json` refuses, left in place until its field is found."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str):
+        self.problem = problem
+
+
+def _parse_int(refused: list):
+    def parse(s: str):
         if len(s.lstrip("-")) > MAX_INT_DIGITS:
-            raise InputFileError(path, f"holds an integer of {len(s.lstrip('-'))} digits "
-                                       f"(at most {MAX_INT_DIGITS} are accepted)")
+            refused.append(_Refused(f"holds an integer of {len(s.lstrip('-'))} digits "
+                                    f"(at most {MAX_INT_DIGITS} are accepted)"))
+            return refused[-1]
         return int(s)
     return parse
 
 
-def _parse_float(path):
-    def parse(s: str) -> float:
+def _parse_float(refused: list):
+    def parse(s: str):
         x = float(s)
         if not math.isfinite(x):
-            raise InputFileError(path, f"holds the number {s[:40]}, which overflows a float (at most about 1.8e308)")
+            refused.append(_Refused(f"holds the number {s[:40]}, which overflows a float (at most about 1.8e308)"))
+            return refused[-1]
         return x
     return parse
 
 
-def _refuse_constant(path):
+def _refuse_constant(refused: list):
     def refuse(name: str):
-        raise InputFileError(path, f"holds {name}, which is not JSON (write a finite number)")
+        refused.append(_Refused(f"holds {name}, which is not JSON (write a finite number)"))
+        return refused[-1]
     return refuse
+
+
+def printable(text: str) -> str:
+    """``text`` with every non-printable character (a newline in a JSON key) escaped, so that a
+    message quoting it stays one line."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else c.encode("unicode_escape").decode()
+                                                   for c in text)
+
+
+def _field_of(doc, target) -> str | None:
+    """The path (``detectors[3].size_xy_m[0]``) of the object ``target`` in ``doc``, in document order."""
+    todo = [(doc, "")]
+    while todo:
+        node, where = todo.pop()
+        if node is target:
+            return printable(where) or None
+        if isinstance(node, dict):
+            todo.extend(reversed([(v, f"{where}.{k}" if where and k else f"{where}[{json.dumps(k)}]" if where else k)
+                                  for k, v in node.items()]))
+        elif isinstance(node, list):
+            todo.extend(reversed([(v, f"{where}[{i}]") for i, v in enumerate(node)]))
+    return None
 
 
 def _depth(obj) -> int:
@@ -165,11 +201,13 @@ def parse_json(path, text: str):
     Refused: invalid JSON (the line and column are named), nesting deeper than
     :data:`MAX_JSON_DEPTH`, integers longer than :data:`MAX_INT_DIGITS`, and the
     non-standard constants ``NaN``/``Infinity`` and numbers that overflow a float
-    (``1e999``), which Python's parser would accept as NaN or infinity.
+    (``1e999``), which Python's parser would accept as NaN or infinity; these last three
+    name the field that holds them (``field 'detectors[3].size_xy_m[0]'``).
     """
+    refused: list[_Refused] = []
     try:
-        doc = json.loads(text, parse_int=_parse_int(path), parse_float=_parse_float(path),
-                         parse_constant=_refuse_constant(path))
+        doc = json.loads(text, parse_int=_parse_int(refused), parse_float=_parse_float(refused),
+                         parse_constant=_refuse_constant(refused))
     except json.JSONDecodeError as e:
         raise InputFileError(path, f"is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
     except RecursionError:
@@ -180,6 +218,9 @@ def parse_json(path, text: str):
         raise InputFileError(path, f"is not valid JSON ({e})") from None
     if _depth(doc) > MAX_JSON_DEPTH:
         raise InputFileError(path, f"nests lists/objects deeper than {MAX_JSON_DEPTH} levels")
+    if refused:
+        where = _field_of(doc, refused[0])
+        raise InputFileError(path, refused[0].problem, where=None if where is None else f"field '{where}'")
     return doc
 
 
@@ -237,15 +278,18 @@ def _member_header(zf: zipfile.ZipFile, member: str):
 
 
 def read_npz(path, *, kinds: str = "fiucb", max_array_bytes: int = MAX_ARRAY_BYTES,
-             max_bytes: int | None = None) -> dict[str, np.ndarray]:
+             max_bytes: int | None = None, shapes: dict | None = None) -> dict[str, np.ndarray]:
     """All arrays of the ``.npz`` archive ``path``, as a dict name -> ndarray.
 
     Each member's ``.npy`` header is read first: an array whose declared size exceeds
     ``max_array_bytes``, or whose dtype kind is not in ``kinds`` (NumPy kind letters:
     ``f`` float, ``c`` complex, ``i``/``u`` integer, ``b`` bool; object arrays never),
-    is refused before anything is allocated. A file that is not a zip archive (a bare
-    ``.npy`` is named as such), is truncated, or fails a CRC check, is refused naming
-    the file and member. Pickled objects are never loaded.
+    is refused before anything is allocated. ``shapes`` (name -> shape), when given, is
+    what the archive may hold: a member not named there, or whose declared shape is not
+    the one given, is refused from its header too (which members are *required* is the
+    caller's to say). A member name that appears twice is refused. A file that is not a
+    zip archive (a bare ``.npy`` is named as such), is truncated, or fails a CRC check,
+    is refused naming the file and member. Pickled objects are never loaded.
     """
     path = check_regular_file(path)
     size = path.stat().st_size
@@ -266,7 +310,14 @@ def read_npz(path, *, kinds: str = "fiucb", max_array_bytes: int = MAX_ARRAY_BYT
             for info in zf.infolist():
                 member = info.filename
                 name = member[:-4] if member.endswith(".npy") else member
+                if name in out:
+                    raise InputFileError(path, "appears twice in the archive", where=name)
+                if shapes is not None and name not in shapes:
+                    raise InputFileError(path, "is not an array this file may hold (expected "
+                                               f"{' and/or '.join(map(repr, shapes))})", where=name)
                 shape, dtype = _member_header(zf, member)
+                if shapes is not None and tuple(shape) != tuple(shapes[name]):
+                    raise InputFileError(path, f"has shape {tuple(shape)}, expected {tuple(shapes[name])}", where=name)
                 if dtype.hasobject or dtype.kind not in kinds:
                     raise InputFileError(path, f"has dtype {dtype} (expected {_kind_words(kinds)})", where=name)
                 nbytes = math.prod(shape) * dtype.itemsize
@@ -280,8 +331,8 @@ def read_npz(path, *, kinds: str = "fiucb", max_array_bytes: int = MAX_ARRAY_BYT
                 out[name] = arr
     except InputFileError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError,
-            NotImplementedError, RuntimeError, SyntaxError, TypeError) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError, zlib.error,
+            struct.error, OverflowError, NotImplementedError, RuntimeError, SyntaxError, TypeError) as e:
         where = member[:-4] if member and member.endswith(".npy") else member
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InputFileError(path, f"is not a readable .npz archive ({why})", where=where) from None

@@ -527,13 +527,14 @@ def simulate_built(design, images, as_built: AsBuilt | None = None, *, oversampl
 
     ``heights_m`` (L, ny, nx): printed heights to use instead of the design's phases (read
     back from STL files); ``transmissions`` (L, ny*k, nx*k): the layers themselves.
-    ``stack``: an already built stack (then ``as_built`` and ``oversample`` are its).
-    ``progress(n_done)`` after each batch. :func:`diffractive.simulate.simulate` is this
-    function for the ideal stack.
+    ``stack``: an already built stack (then ``as_built`` and ``oversample`` are its, and so is
+    the array library unless ``backend`` is given). ``progress(n_done)`` after each batch.
+    :func:`diffractive.simulate.simulate` is this function for the ideal stack.
     """
     from .simulate import SimulationResult  # noqa: PLC0415
 
-    xp = resolve_backend(backend)
+    # a given stack runs on its own library: heights_m / transmissions go to its device
+    xp = stack.xp if stack is not None and backend is None else resolve_backend(backend)
     if stack is None:
         stack = build(design, as_built, oversample=oversample, xp=xp)
     if transmissions is not None:

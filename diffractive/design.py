@@ -19,7 +19,6 @@ and refuses to overwrite an existing design unless ``overwrite=True``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ._io import atomic_write, write_json_atomic  # noqa: F401  (re-exported)
+from ._read import InputFileError, check_regular_file, finite_array, printable, read_json, read_npz
 from .detectors import Detector
 from .encoding import InputSpec
 from .errors import DesignError, FieldError, InputTypeError, OutputExists, field_errors
@@ -35,17 +35,85 @@ from .grid import Grid
 from .materials import LIN2018, Fabrication, Material
 from .stack import StackGeometry
 
-__all__ = ["SCHEMA", "SCHEMA_V1", "APERTURES", "Design", "DesignError", "FieldError", "OldSchemaWarning",
-           "load_design", "save_design", "make_design", "Detector", "InputSpec", "Material", "Fabrication"]
+__all__ = ["SCHEMA", "SCHEMA_V1", "APERTURES", "LIMITS", "MAX_AXIS_PIXELS", "Design", "DesignError",
+           "DesignFileError", "FieldError", "OldSchemaWarning", "load_design", "save_design", "make_design",
+           "Detector", "InputSpec", "Material", "Fabrication"]
 
 SCHEMA = "d2nn.design/2"
 SCHEMA_V1 = "d2nn.design/1"
 APERTURES = ("opaque",)
 MODULATIONS = ("phase", "complex")
 _TOL = 1e-9  # relative slack on "fits on the plane" (sizes written as decimals)
+#: Sane bounds on a design's physical values, (low, high) inclusive, in the field's units
+#: (metres; n and kappa dimensionless). Beyond them a value is a typo or an attack, not a
+#: design: 1.8e308 m between planes is "finite and positive" but its transfer function is
+#: NaN. A lower bound of None is the field's own (> 0, or >= 0 for base_m).
+LIMITS = {
+    "wavelength_m": (1e-9, 1.0),        # 1 nm .. 1 m (0.4 THz is 0.75 mm)
+    "pitch_m": (1e-9, 1.0),             # 1 nm .. 1 m
+    "distances_m": (None, 100.0),       # each gap at most 100 m
+    "material.n": (None, 10.0),         # printable dielectrics: 1.3 .. 4
+    "material.kappa": (None, 10.0),
+    "fabrication.base_m": (None, 0.1),  # at most 100 mm of base
+    "fabrication.z_step_m": (1e-7, 0.01),  # 0.1 um (two-photon) .. 10 mm per printer layer
+}
+#: At most this many pixels along each axis of ``layer_shape`` and ``window_shape``
+#: (a 16384 x 16384 complex64 window is 2 GiB).
+MAX_AXIS_PIXELS = 16384
 #: What make_design records by default: the Lin 2018 material's name, n and kappa (its
 #: source and caveats stay in diffractive.materials.MATERIALS, where export looks them up).
 DEFAULT_MATERIAL = dataclasses.replace(LIN2018.material, wavelength_m=None, source="", assumption="")
+
+
+class DesignFileError(InputFileError, DesignError):
+    """A file of a design folder is unreadable or malformed: an :class:`~diffractive._read.InputFileError`
+    (``path``, ``where``, ``problem``) that is also a :class:`DesignError`."""
+
+
+def _check_limits(g: StackGeometry, material: Material, fabrication: Fabrication) -> None:
+    """Raise :class:`FieldError` for a value outside :data:`LIMITS` / :data:`MAX_AXIS_PIXELS`."""
+    for key, shape in (("layer_shape", g.layer_shape), ("window_shape", g.window_shape)):
+        if max(shape) > MAX_AXIS_PIXELS:
+            raise FieldError(key, f"{list(shape)} has more than {MAX_AXIS_PIXELS} pixels along an axis")
+    values = [("wavelength_m", "wavelength_m", g.wavelength_m), ("pitch_m", "pitch_m", g.pitch_m)]
+    values += [(f"distances_m[{i}]", "distances_m", z) for i, z in enumerate(g.distances_m)]
+    values += [("material.n", "material.n", material.n), ("material.kappa", "material.kappa", material.kappa),
+               ("fabrication.base_m", "fabrication.base_m", fabrication.base_m),
+               ("fabrication.z_step_m", "fabrication.z_step_m", fabrication.z_step_m)]
+    for name, key, v in values:
+        lo, hi = LIMITS[key]
+        if (lo is not None and v < lo) or v > hi:
+            span = f"at most {hi:g}" if lo is None else f"between {lo:g} and {hi:g}"
+            raise FieldError(name, f"is {v!r}, outside the sane range of a design: {span} (diffractive.design.LIMITS)")
+
+
+def _check_record(name: str, rec: dict) -> None:
+    """Raise :class:`FieldError` unless ``rec`` is JSON that :func:`load_design` reads back: strings,
+    finite numbers (integers of at most ``MAX_INT_DIGITS`` digits), booleans, null, lists and objects,
+    nested at most ``MAX_JSON_DEPTH - 1`` deep (the record sits inside design.json's object)."""
+    from ._read import MAX_INT_DIGITS, MAX_JSON_DEPTH  # noqa: PLC0415
+
+    todo = [(rec, name, 1)]
+    while todo:
+        node, where, depth = todo.pop()
+        if isinstance(node, (dict, list, tuple)):
+            if depth > MAX_JSON_DEPTH - 1:
+                raise FieldError(where, f"nests lists/objects deeper than design.json's {MAX_JSON_DEPTH} levels")
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            todo.extend((v, f"{where}[{k}]" if not isinstance(node, dict) else f"{where}.{printable(str(k))}"
+                         if k != "" else f'{where}[""]', depth + 1) for k, v in items)
+        elif isinstance(node, bool) or node is None or isinstance(node, str):
+            continue
+        elif isinstance(node, int):
+            if abs(node) >= 10 ** MAX_INT_DIGITS:
+                raise FieldError(where, f"is an integer of more than {MAX_INT_DIGITS} digits, which design.json "
+                                        "cannot hold (write it as a string)")
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                raise FieldError(where, f"is {node!r}, which JSON cannot hold (use null, or a string)")
+        else:
+            raise FieldError(where, f"must be JSON (a string, number, boolean, null, list or object), got "
+                                    f"{type(node).__name__}")
 
 
 class OldSchemaWarning(UserWarning):
@@ -129,6 +197,7 @@ class Design:
                 raise FieldError(name, f"must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
         if not g.band_limit:
             raise FieldError("geometry", "must use the band limit (design.json has no key to record band_limit=False)")
+        _check_limits(g, self.material, self.fabrication)
         extent_y, extent_x = g.grid.extent_yx_m
         h, w = self.input.size_yx_m
         if h > extent_y * (1 + _TOL) or w > extent_x * (1 + _TOL):
@@ -150,8 +219,9 @@ class Design:
         if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
             raise FieldError("n_classes", f"must be an integer >= 2, got {n_classes!r}")
         object.__setattr__(self, "n_classes", int(n_classes))
-        for c in range(n_classes):
-            if not any(d.class_index == c and d.sign == 1 for d in dets):
+        positive = {d.class_index for d in dets if d.sign == 1}
+        for c in range(min(n_classes, len(dets) + 1)):  # more classes than detectors: one is missing
+            if c not in positive:
                 raise FieldError("detectors", f"has no positive detector for class {c}")
         if any(d.class_index >= n_classes for d in dets):
             raise FieldError("detectors", f"names a class >= n_classes ({n_classes})")
@@ -174,6 +244,7 @@ class Design:
             rec = getattr(self, name)
             if not isinstance(rec, dict):
                 raise FieldError(name, f"must be a mapping (a JSON object), got {type(rec).__name__}")
+            _check_record(name, rec)
             object.__setattr__(self, name, freeze(rec))
 
     # ---- views of the parts
@@ -251,18 +322,38 @@ class Design:
 
         Every error is a :class:`DesignError` starting with ``source`` and naming the field.
         """
+        fields = _fields_from_json(doc, source)
         try:
-            if not isinstance(doc, dict):
-                raise DesignError("must hold a JSON object")
-            schema = doc.get("schema")
-            if schema == SCHEMA_V1:
-                doc = _upgrade_v1(doc, source)
-            elif schema != SCHEMA:
-                raise FieldError("schema", "is missing" if "schema" not in doc else
-                                 f"must be {SCHEMA!r} (or {SCHEMA_V1!r}), got {schema!r}")
-            return _from_v2(cls, doc, phases, amplitudes)
+            return _assemble(cls, fields, phases, amplitudes)
         except DesignError as e:
             raise DesignError(f"{source}: {e}") from None
+
+
+def _fields_from_json(doc, source: str) -> dict:
+    """The keyword arguments of :class:`Design` (less the layers, plus ``modulation``) that
+    the design.json document ``doc`` describes; a :class:`DesignError` naming ``source`` and the field."""
+    try:
+        if not isinstance(doc, dict):
+            raise DesignError("must hold a JSON object")
+        schema = doc.get("schema")
+        if schema == SCHEMA_V1:
+            doc = _upgrade_v1(doc, source)
+        elif schema != SCHEMA:
+            raise FieldError("schema", "is missing" if "schema" not in doc else
+                             f"must be {SCHEMA!r} (or {SCHEMA_V1!r}), got {schema!r}")
+        fields = _fields_v2(doc)
+        _check_limits(fields["geometry"], fields["material"], fields["fabrication"])  # before any array is read
+        return fields
+    except DesignError as e:
+        raise DesignError(f"{source}: {e}") from None
+
+
+def _assemble(cls, fields: dict, phases, amplitudes) -> "Design":
+    fields = dict(fields)
+    modulation = fields.pop("modulation")
+    if modulation == "complex" and amplitudes is None:
+        raise DesignError("modulation is 'complex' but phases.npz has no 'amplitudes' array")
+    return cls(**fields, phases=np.asarray(phases), amplitudes=amplitudes if modulation == "complex" else None)
 
 
 # --------------------------------------------------------------------------- reading design.json
@@ -292,16 +383,16 @@ def _build(klass, doc: dict, name: str, required: tuple, optional: tuple = ()):
         _get(doc, key, name + ".")
     unknown = sorted(set(doc) - set(required) - set(optional))
     if unknown:
-        raise FieldError(f"{name}.{unknown[0]}", f"is not a key of {SCHEMA} {name} (known: "
+        raise FieldError(f"{name}.{printable(unknown[0])}", f"is not a key of {SCHEMA} {name} (known: "
                                                  f"{', '.join(required + optional)})")
     with field_errors(name):
         return klass(**doc)
 
 
-def _from_v2(cls, doc: dict, phases, amplitudes) -> Design:
+def _fields_v2(doc: dict) -> dict:
     unknown = sorted(set(doc) - _TOP_KEYS)
     if unknown:
-        raise FieldError(unknown[0], f"is not a key of {SCHEMA}")
+        raise FieldError(printable(unknown[0]), f"is not a key of {SCHEMA}")
     for key in _REQUIRED:
         _get(doc, key)
     n_layers = doc["n_layers"]
@@ -326,14 +417,11 @@ def _from_v2(cls, doc: dict, phases, amplitudes) -> Design:
     modulation = doc.get("modulation", "phase")
     if modulation not in MODULATIONS:
         raise FieldError("modulation", f"must be 'phase' or 'complex', got {modulation!r}")
-    if modulation == "complex" and amplitudes is None:
-        raise DesignError("modulation is 'complex' but phases.npz has no 'amplitudes' array")
     for key in ("provenance", "metrics"):
         _object(doc.get(key, {}), key)
-    return cls(geometry=geometry, input=inp, detectors=detectors, material=material, fabrication=fabrication,
-               phases=np.asarray(phases), amplitudes=amplitudes if modulation == "complex" else None,
-               n_classes=doc.get("n_classes"), aperture=doc.get("aperture", "opaque"),
-               provenance=doc.get("provenance", {}), metrics=doc.get("metrics", {}))
+    return dict(geometry=geometry, input=inp, detectors=detectors, material=material, fabrication=fabrication,
+                modulation=modulation, n_classes=doc.get("n_classes"), aperture=doc.get("aperture", "opaque"),
+                provenance=doc.get("provenance", {}), metrics=doc.get("metrics", {}))
 
 
 def _upgrade_v1(doc: dict, source: str) -> dict:
@@ -382,31 +470,52 @@ def _upgrade_v1(doc: dict, source: str) -> dict:
 
 # --------------------------------------------------------------------------- the folder
 def load_design(path) -> Design:
-    """Read and validate a design folder (or a path to its design.json)."""
+    """Read and validate a design folder (or a path to its design.json).
+
+    Everything is read through :mod:`diffractive._read` (regular files, size, UTF-8, JSON
+    depth and integer limits, ``.npz`` headers). design.json is validated first; then
+    ``phases.npz`` may hold only ``phases`` and (for ``"modulation": "complex"``, then
+    required) ``amplitudes``, float arrays of exactly ``(n_layers, ny, nx)`` -- checked
+    from their headers before anything is allocated -- with finite values. Every error is
+    a :class:`DesignError` naming the file (and the field or array).
+    """
     path = Path(path)
     folder = path.parent if path.name == "design.json" else path
     jpath, npath = folder / "design.json", folder / "phases.npz"
     if not folder.is_dir():
         raise DesignError(f"{folder}: no such design folder")
-    if not jpath.is_file():
-        raise DesignError(f"{jpath}: missing (a design folder holds design.json and phases.npz)")
-    if not npath.is_file():
-        raise DesignError(f"{npath}: missing (a design folder holds design.json and phases.npz)")
     try:
-        doc = json.loads(jpath.read_text())
-    except json.JSONDecodeError as e:
-        raise DesignError(f"{jpath}: not valid JSON ({e})") from None
-    try:
-        with np.load(npath) as z:
-            if "phases" not in z:
-                raise DesignError(f"{npath}: has no array named 'phases'")
-            phases = z["phases"]
-            amplitudes = z["amplitudes"] if "amplitudes" in z else None
-    except (OSError, ValueError) as e:
+        for p in (jpath, npath):
+            try:
+                check_regular_file(p)
+            except InputFileError as e:
+                if e.problem != "no such file":
+                    raise
+                raise DesignFileError(p, "missing (a design folder holds design.json and phases.npz)") from None
+        fields = _fields_from_json(read_json(jpath), str(jpath))
+        g = fields["geometry"]
+        shape = (g.n_layers,) + g.layer_shape
+        complex_ = fields["modulation"] == "complex"
+        arrays = read_npz(npath, kinds="f", shapes={"phases": shape, "amplitudes": shape})
+        if "phases" not in arrays:
+            raise DesignFileError(npath, "has no array named 'phases'")
+        if complex_ != ("amplitudes" in arrays):
+            raise DesignFileError(npath, "has an array 'amplitudes' but design.json says \"modulation\": \"phase\""
+                                  if not complex_ else "has no array 'amplitudes', which design.json's "
+                                  "\"modulation\": \"complex\" needs")
+        for name, a in arrays.items():
+            finite_array(npath, name, a, kinds="f")
+        amplitudes = arrays.get("amplitudes")
+        if amplitudes is not None and not np.all((amplitudes >= 0) & (amplitudes <= 1)):
+            raise DesignFileError(npath, "must lie in [0, 1] (amplitude transmissions)", where="amplitudes")
+    except InputFileError as e:
         if isinstance(e, DesignError):
             raise
-        raise DesignError(f"{npath}: cannot be read as .npz ({e})") from None
-    return Design.from_json(doc, phases, amplitudes, source=str(jpath))
+        raise DesignFileError(e.path, e.problem, e.where) from None
+    try:
+        return _assemble(Design, fields, arrays["phases"], amplitudes)
+    except DesignError as e:
+        raise DesignError(f"{jpath}: {e}") from None
 
 
 def save_design(design: Design, folder, *, overwrite=False) -> Path:

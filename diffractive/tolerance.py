@@ -17,7 +17,9 @@ on the same labelled images:
 Draw ``j`` of a point uses ``numpy.random.default_rng([seed, point, j])``: results do not
 depend on the number of worker threads, and adding draws keeps the earlier ones. Draws run in
 parallel threads (``workers``), each on its own engine (whose FFT workspaces it reuses from
-draw to draw), single-threaded inside.
+draw to draw), single-threaded inside. ``backend`` (``"numpy"``, ``"cupy"``, ``"auto"``; default
+NumPy) is the array library the draws run on, as for :func:`diffractive.simulate.simulate`; on
+CuPy use ``workers=1`` (the threads would only queue on the one device).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .asbuilt import build, check_oversample, simulate_built
+from .backend import resolve_backend
 from .budget import KINDS, ErrorBudget
 from .convolution import cpu_workers
 from .errors import D2NNError
@@ -126,18 +129,16 @@ DESIGN_REPORT = "tolerance/tolerance.json"
 def read_summary(path) -> dict:
     """The ``summary`` of a ``tolerance.json`` written by :func:`diffractive.tolerance_report.write_report`.
 
-    Raises :class:`D2NNError` naming the file for anything that is not such a file.
+    Raises :class:`D2NNError` naming the file for anything that is not such a file (read
+    through :func:`diffractive._read.read_json`: a missing, unreadable, non-UTF-8 or
+    malformed file is an :class:`~diffractive._read.InputFileError`).
     """
-    import json  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
+    from ._read import read_json  # noqa: PLC0415
+
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise D2NNError(f"{path}: cannot read the tolerance analysis: {e}") from None
-    except json.JSONDecodeError as e:
-        raise D2NNError(f"{path}: not valid JSON ({e})") from None
+    doc = read_json(path)
     if not isinstance(doc, dict) or doc.get("schema") != "d2nn.tolerance/1":
         raise D2NNError(f"{path}: not a tolerance analysis (schema must be 'd2nn.tolerance/1')")
     summary = doc.get("summary")
@@ -169,8 +170,9 @@ def tolerance_at(sizes, means, reference: float, drop: float):
 class _Runner:
     """Scores draws of as-built stacks on fixed images, in parallel threads."""
 
-    def __init__(self, design, images, labels, oversample, seed, workers, batch_size=64):
+    def __init__(self, design, images, labels, oversample, seed, workers, batch_size=64, backend=None):
         self.design = design
+        self.xp = resolve_backend(backend)
         self.images = np.asarray(images, dtype=np.float32)
         self.labels = np.asarray(labels, dtype=np.int64)
         if len(self.images) != len(self.labels) or len(self.images) == 0:
@@ -186,7 +188,7 @@ class _Runner:
         d = self.design
         ab = budget.draw(np.random.default_rng([self.seed, point, draw]), d.n_layers, d.fabrication.z_step_m)
         engine = getattr(self._local, "engine", None)
-        stack = build(d, ab, oversample=self.oversample, engine=engine)
+        stack = build(d, ab, oversample=self.oversample, xp=self.xp, engine=engine)
         n = len(self.images) if n_images is None else n_images
         res = simulate_built(d, self.images[:n], stack=stack, batch_size=self.batch_size, workers=1)
         self._local.engine = stack.engine()
@@ -211,10 +213,10 @@ class _Runner:
 
 
 def accuracy_under(design, images, labels, budget: ErrorBudget, *, draws: int = 20, oversample: int = 1, seed: int = 0,
-                   workers=None, progress=None) -> Point:
+                   workers=None, progress=None, backend=None) -> Point:
     """Accuracy of ``design`` on ``images`` (N, h, w) / ``labels`` (N,) over ``draws`` stacks
     drawn from ``budget`` (see the module docstring). ``progress(done, total)`` per draw."""
-    runner = _Runner(design, images, labels, oversample, seed, workers)
+    runner = _Runner(design, images, labels, oversample, seed, workers, backend=backend)
     return Point(0.0, runner.run([(budget, 0, j, None) for j in range(_draws(draws))], progress))
 
 
@@ -233,16 +235,17 @@ def sweep_sizes(budget: ErrorBudget, kind: str, factors=SWEEP_FACTORS) -> list[f
 
 def analyse(design, images, labels, budget: ErrorBudget, *, draws: int = 20, oversample: int = 1, seed: int = 0,
             kinds=None, factors=SWEEP_FACTORS, sweep_draws: int = 5, sweep_images: int | None = None, workers=None,
-            progress=None, name: str = "", dataset: str = "") -> ToleranceResult:
+            progress=None, name: str = "", dataset: str = "", backend=None) -> ToleranceResult:
     """The whole tolerance analysis of ``design`` on ``images`` / ``labels``.
 
     ``draws`` stacks for the whole ``budget``; for each of ``kinds`` (default the budget's own
     kinds; ``[]`` for none) a sweep over :func:`sweep_sizes` with ``sweep_draws`` draws each on
     the first ``sweep_images`` images (default all). ``progress(done, total)`` over all draws.
+    ``backend``: the array library (see the module docstring).
     """
     from .simulate import simulate  # noqa: PLC0415
 
-    runner = _Runner(design, images, labels, oversample, seed, workers)
+    runner = _Runner(design, images, labels, oversample, seed, workers, backend=backend)
     draws, sweep_draws = _draws(draws), _draws(sweep_draws)
     kinds = budget.kinds if kinds is None else list(kinds)
     for k in kinds:
@@ -275,7 +278,7 @@ def analyse(design, images, labels, budget: ErrorBudget, *, draws: int = 20, ove
         means = [p.mean for p in points[1:]]
         sweeps.append(Sweep(kind, points, tolerance_at(sizes, means, ref_sweep, 0.01),
                             tolerance_at(sizes, means, ref_sweep, 0.05)))
-    ideal = float(np.mean(simulate(design, runner.images).predictions == runner.labels))
+    ideal = float(np.mean(simulate(design, runner.images, backend=backend).predictions == runner.labels))
     return ToleranceResult(name, len(runner.images), runner.oversample, runner.seed, budget, ideal, printed, expected,
                            sweeps, n_sweep if kinds else 0, dataset)
 

@@ -9,7 +9,7 @@ removes the temporary directory and leaves the target as it was.
 from __future__ import annotations
 
 import datetime as _dt
-import json
+import math
 import os
 import shutil
 import tempfile
@@ -25,7 +25,7 @@ from diffractive.errors import OutputExists
 from diffractive.heights import base_steps, check_base, check_z_step, phase_period_m, phase_to_steps, relief_levels
 from .holder import HolderSpec, build_holder
 from .materials import FabricationError, Material, resolve_material
-from .mesh import height_field_mesh, write_stl
+from .mesh import FabricationFileError, height_field_mesh, write_stl
 from .plate import PlateSpec, plate_height_field, plate_layout
 from .validate import PrinterSpec, edge_check, fits_build_area, printability
 
@@ -69,10 +69,15 @@ def fabrication_settings(design, *, material: Material | None = None, z_step_m=N
 
 
 def _check_target(out: Path, force: bool):
-    if out.exists() and not out.is_dir():
-        raise FabricationError(f"{out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise OutputExists(out, "exists and is not empty", {"force": "replace the export in it"})
+    try:
+        if out.exists() and not out.is_dir():
+            raise FabricationError(f"{out} exists and is not a directory")
+        if out.is_dir() and any(out.iterdir()) and not force:
+            raise OutputExists(out, "exists and is not empty", {"force": "replace the export in it"})
+    except OSError as e:
+        if isinstance(e, OutputExists):
+            raise
+        raise FabricationError(f"{out}: cannot be listed ({e.strerror or e})") from None
 
 
 def _publish(staging: Path, out: Path, new_files: list[str]):
@@ -283,17 +288,105 @@ def _generator() -> str:
 def read_manifest(stl_dir) -> dict:
     """The manifest.json of the export in folder ``stl_dir``, as a dict (lengths in mm).
 
-    Raises :class:`FabricationError` naming the problem (missing, not JSON, wrong schema or units).
+    Read through :func:`diffractive._read.read_json`; the fields the round trip uses are
+    checked (:func:`check_manifest`). Raises :class:`~.mesh.FabricationFileError` (a
+    :class:`FabricationError`) naming the file and the field.
     """
+    from diffractive._read import InputFileError, check_regular_file, read_json  # noqa: PLC0415
+
     path = Path(stl_dir) / MANIFEST
-    if not path.is_file():
-        raise FabricationError(f"{path}: missing (is {stl_dir} a 'd2nn export' directory?)")
     try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise FabricationError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise FabricationError(f"{path}: field 'schema' must be {SCHEMA!r}")
-    if doc.get("units") != "mm":
-        raise FabricationError(f"{path}: field 'units' must be 'mm', got {doc.get('units')!r}")
+        try:
+            check_regular_file(path)
+        except InputFileError as e:
+            if e.problem != "no such file":
+                raise
+            raise FabricationFileError(path, f"missing (is {stl_dir} a 'd2nn export' directory?)") from None
+        doc = read_json(path)
+    except InputFileError as e:
+        raise e if isinstance(e, FabricationFileError) else FabricationFileError(e.path, e.problem, e.where) from None
+    check_manifest(doc, path)
     return doc
+
+
+def check_manifest(doc, path=MANIFEST) -> None:
+    """Raise :class:`~.mesh.FabricationFileError` naming ``path`` and the field unless the parsed
+    manifest ``doc`` has what :mod:`fabrication.roundtrip` reads: ``schema``, ``units`` "mm",
+    ``design.layer_shape`` (two positive integers), ``design.n_layers`` and ``design.pitch_mm``,
+    ``z_step_mm`` (finite, > 0, within :data:`diffractive.design.LIMITS`), ``plate.active_mm``
+    (x0 < x1, y0 < y1, finite; optional), and ``layers``: one object per layer with ``layer``
+    numbered 1 .. n_layers, a plain file name ``file`` (no folder part) and an optional
+    ``sha256`` string. ``material`` is checked where it is used (``material_from_dict``).
+    """
+    from diffractive.design import LIMITS  # noqa: PLC0415
+
+    def bad(name, problem):
+        return FabricationFileError(path, problem, where=f"field '{name}'")
+
+    def obj(value, name):
+        if not isinstance(value, dict):
+            raise bad(name, f"must be an object, got {_short(value)}")
+        return value
+
+    def number(value, name, lo=0.0, hi=math.inf):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not lo < value <= hi:
+            raise bad(name, "must be a finite number" + (f" > {lo:g}" if lo > -math.inf else "")
+                      + (f" and at most {hi:g}" if hi < math.inf else "") + f", got {_short(value)}")
+        return float(value)
+
+    def count(value, name):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad(name, f"must be a positive integer, got {_short(value)}")
+        return value
+
+    obj(doc, "(top level)")
+    if doc.get("schema") != SCHEMA:
+        raise bad("schema", f"must be {SCHEMA!r}, got {_short(doc.get('schema'))}")
+    if doc.get("units") != "mm":
+        raise bad("units", f"must be 'mm', got {_short(doc.get('units'))}")
+    d = obj(doc.get("design"), "design")
+    shape = d.get("layer_shape")
+    if not isinstance(shape, list) or len(shape) != 2:
+        raise bad("design.layer_shape", f"must be a list [ny, nx] of two positive integers, got {_short(shape)}")
+    for k, v in enumerate(shape):
+        count(v, f"design.layer_shape[{k}]")
+    n_layers = count(d.get("n_layers"), "design.n_layers")
+    number(d.get("pitch_mm"), "design.pitch_mm", 0.0, LIMITS["pitch_m"][1] * 1e3)
+    lo, hi = LIMITS["fabrication.z_step_m"]
+    if "z_step_mm" not in doc:
+        raise bad("z_step_mm", "is missing")
+    number(doc["z_step_mm"], "z_step_mm", 0.0, hi * 1e3)
+    if doc["z_step_mm"] < lo * 1e3:
+        raise bad("z_step_mm", f"must be at least {lo * 1e3:g} mm, got {doc['z_step_mm']!r}")
+    plate = doc.get("plate")
+    if plate is not None:
+        active = obj(plate, "plate").get("active_mm")
+        if active is not None:
+            if not isinstance(active, list) or len(active) != 4:
+                raise bad("plate.active_mm",
+                          f"must be a list [x0, x1, y0, y1] of four numbers (mm), got {_short(active)}")
+            for k, v in enumerate(active):
+                number(v, f"plate.active_mm[{k}]", -math.inf)
+            if not (active[0] < active[1] and active[2] < active[3]):
+                raise bad("plate.active_mm", f"must have x0 < x1 and y0 < y1, got {active}")
+    layers = doc.get("layers")
+    if not isinstance(layers, list) or len(layers) != n_layers:
+        raise bad("layers", f"must be a list of design.n_layers = {n_layers} objects, got {_short(layers)}")
+    for k, e in enumerate(layers):
+        obj(e, f"layers[{k}]")
+        count(e.get("layer"), f"layers[{k}].layer")
+        name = e.get("file")
+        if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name \
+                or "\0" in name:
+            raise bad(f"layers[{k}].file", f"must be the plain name of a file in the export folder, got {_short(name)}")
+        if e.get("sha256") is not None and not isinstance(e["sha256"], str):
+            raise bad(f"layers[{k}].sha256", f"must be a string, got {_short(e['sha256'])}")
+    if sorted(e["layer"] for e in layers) != list(range(1, n_layers + 1)):
+        raise bad("layers", f"must number its layers 1 .. {n_layers} once each, got {[e['layer'] for e in layers]}")
+
+
+def _short(value) -> str:
+    """``repr(value)``, cut to 60 characters (a manifest value in an error message)."""
+    r = repr(value)
+    return r if len(r) <= 60 else r[:57] + "..."

@@ -29,7 +29,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from diffractive._read import InputFileError, check_regular_file, finite_array, read_text
+
 from .materials import FabricationError
+
+#: Largest STL file read: 4 GiB binary (80 million triangles), 1 GiB ASCII (a fallback for hand-edited files).
+MAX_STL_BYTES = 4 * 2**30
+MAX_ASCII_STL_BYTES = 2**30
+
+
+class FabricationFileError(InputFileError, FabricationError):
+    """A fabrication file (STL, manifest.json) that is unreadable or malformed: an
+    :class:`~diffractive._read.InputFileError` (``path``, ``where``, ``problem``) that is also a
+    :class:`~diffractive.errors.FabricationError`."""
+
+
+def _as_fabrication_error(e: InputFileError) -> FabricationFileError:
+    return e if isinstance(e, FabricationFileError) else FabricationFileError(e.path, e.problem, e.where)
 
 SW, SE, NE, NW, ZERO = 0, 1, 2, 3, 4
 _DIAG = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]]) / np.sqrt(2.0)
@@ -327,25 +343,92 @@ def write_stl(path, vertices, faces, header: str = "", chunk=1_000_000) -> tuple
 
 
 def read_stl_triangles(path) -> np.ndarray:
-    """Triangles (F, 3, 3) float32 from a binary STL (ASCII STL via trimesh as a fallback)."""
-    path = os.fspath(path)
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(84)
-        if len(head) == 84:
-            n = int(np.frombuffer(head[80:84], dtype="<u4")[0])
-            if size == 84 + 50 * n:
-                data = np.fromfile(f, dtype=_STL_DTYPE, count=n)
-                return np.ascontiguousarray(data["v"])
-    import trimesh  # noqa: PLC0415 - ASCII STL
+    """Triangles (F, 3, 3) float32 from an STL file: binary, or ASCII as a fallback.
 
-    m = trimesh.load(path, file_type="stl", process=False, force="mesh")
-    return np.asarray(m.triangles, dtype=np.float32)
+    Read through :mod:`diffractive._read` (a regular, readable file; at most
+    :data:`MAX_STL_BYTES`). A file whose size is the 84 + 50 x count bytes its binary
+    header declares is binary (even if the header starts with ``solid``); else one that
+    starts with ``solid`` (and has no NUL byte in its first 84) is parsed as ASCII
+    (strictly: every facet ``facet normal n n n``, ``outer loop``, three ``vertex x y z``,
+    ``endloop``, ``endfacet``; ``endsolid`` at the end); anything else is a truncated or damaged binary STL, and the error says so with
+    both sizes. No triangles, or a NaN/infinite coordinate, is refused too. Every error is
+    a :class:`FabricationFileError` naming the file (and the line, for ASCII).
+    """
+    try:
+        path = check_regular_file(path)
+        size = path.stat().st_size
+        if size > MAX_STL_BYTES:
+            raise InputFileError(path, f"is {size:,} bytes, more than the {MAX_STL_BYTES:,} an STL may have here")
+        with open(path, "rb") as f:
+            head = f.read(84)
+            n = int(np.frombuffer(head[80:84], dtype="<u4")[0]) if len(head) == 84 else None
+            if n is not None and size == 84 + 50 * n:
+                data = np.fromfile(f, dtype=_STL_DTYPE, count=n)
+                tri = np.ascontiguousarray(data["v"])
+            elif head[:5].lower() == b"solid" and b"\0" not in head:  # ASCII text has no NUL byte
+                tri = None
+            elif n is None:
+                raise InputFileError(path, f"is truncated: {size} bytes, fewer than the 84-byte header of a binary STL")
+            else:
+                raise InputFileError(path, f"is truncated or damaged: its binary STL header declares {n:,} triangles "
+                                           f"({84 + 50 * n:,} bytes) but the file has {size:,} bytes")
+        if tri is None:
+            tri = _ascii_stl_triangles(path)
+        if len(tri) == 0:
+            raise InputFileError(path, "holds no triangles")
+        finite_array(path, "vertices", tri, kinds="f")
+        return tri
+    except InputFileError as e:
+        raise _as_fabrication_error(e) from None
+    except OSError as e:
+        raise FabricationFileError(path, f"cannot be read ({e.strerror or e})") from None
+
+
+def _ascii_stl_triangles(path) -> np.ndarray:
+    """Triangles (F, 3, 3) float32 of the ASCII STL ``path``; InputFileError naming the line otherwise."""
+    text = read_text(path, max_bytes=MAX_ASCII_STL_BYTES)
+    # state: what the next line may be (a strict reading of the format, one keyword per line)
+    verts: list = []
+    state, in_loop = "solid", 0
+    expect = {"solid": ("solid",), "body": ("facet", "endsolid"), "outer": ("outer",), "vertex": ("vertex",),
+              "endloop": ("endloop",), "endfacet": ("endfacet",), "after": ("solid",)}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        w = line.split()
+        if not w:
+            continue
+        if w[0] not in expect[state]:
+            raise InputFileError(path, f"is not a valid ASCII STL: expected {' or '.join(expect[state])!r}, "
+                                       f"found {line.strip()[:60]!r}", where=f"line {lineno}")
+        if w[0] in ("facet", "vertex"):
+            nums = w[2:] if w[0] == "facet" else w[1:]
+            ok = len(nums) == 3 and (w[0] == "vertex" or w[1] == "normal")
+            try:
+                xyz = [float(v) for v in nums] if ok else None
+            except ValueError:
+                xyz = None
+            if xyz is None:
+                raise InputFileError(path, f"is not a valid ASCII STL: {line.strip()[:60]!r} is not "
+                                           f"'{'facet normal' if w[0] == 'facet' else 'vertex'}' and three numbers",
+                                     where=f"line {lineno}")
+            if w[0] == "vertex":
+                verts.append(xyz)
+                in_loop += 1
+        state = {"solid": "body", "facet": "outer", "outer": "vertex", "endloop": "endfacet", "endfacet": "body",
+                 "endsolid": "after", "vertex": "vertex" if in_loop < 3 else "endloop"}[w[0]]
+        if w[0] == "endloop":
+            in_loop = 0
+    if state != "after":
+        raise InputFileError(path, "is truncated: the ASCII STL ends before its 'endsolid' line")
+    return np.asarray(verts, dtype=np.float32).reshape(-1, 3, 3)
 
 
 def sha256_file(path, bufsize=1 << 22) -> str:
-    """SHA-256 hex digest of the file ``path`` (read in chunks of ``bufsize`` bytes)."""
+    """SHA-256 hex digest of the file ``path`` (read in chunks of ``bufsize`` bytes; a regular file)."""
     h = hashlib.sha256()
+    try:
+        path = check_regular_file(path)
+    except InputFileError as e:
+        raise _as_fabrication_error(e) from None
     with open(path, "rb") as f:
         while True:
             b = f.read(bufsize)

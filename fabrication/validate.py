@@ -71,7 +71,10 @@ def stl_report(path) -> dict:
     """
     import trimesh  # noqa: PLC0415
 
-    m = trimesh.load(str(path), file_type="stl", force="mesh", process=True)
+    from .mesh import read_stl_triangles  # noqa: PLC0415
+
+    tri = read_stl_triangles(path)  # the one STL reader (FabricationFileError for a malformed file)
+    m = trimesh.Trimesh(vertices=tri.reshape(-1, 3), faces=np.arange(3 * len(tri)).reshape(-1, 3), process=True)
     faces_sorted = np.sort(m.faces, axis=1)
     dup = len(faces_sorted) - len(np.unique(faces_sorted, axis=0))
     return {"faces": int(len(m.faces)), "vertices": int(len(m.vertices)), "watertight": bool(m.is_watertight),

@@ -143,7 +143,7 @@ def test_export_reads_the_designs_own_tolerance_report(trained, tmp_path, capsys
     assert "as built under budget 'hand'" in capsys.readouterr().out
     (design / "tolerance" / "tolerance.json").write_text("{not json")
     assert main(["export", str(design), "--out", str(tmp_path / "bad"), "--quiet", "--verify", "no"]) == 2
-    assert "tolerance.json: not valid JSON" in capsys.readouterr().err
+    assert "tolerance.json: is not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
 
