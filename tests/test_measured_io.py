@@ -63,7 +63,7 @@ BAD_CSV = [
     ("negative input", good_csv().replace("s1,1,1,", "s1,1,-4,"), "column 'input' = -4 must be a non-negative"),
     ("short row", good_csv().replace(",1.100,", ","), "line 3 has 12 fields but the header has 13"),
     ("duplicate column", good_csv().replace("det3", "det2"), "column 'det2' appears twice"),
-    ("binary", b"\xff\xfe\x00\x01garbage", "not a text (UTF-8) CSV file"),
+    ("binary", b"\xff\xfe\x00\x01garbage", "is not UTF-8 text (byte 0, line 1"),
 ]
 
 
@@ -166,7 +166,7 @@ def test_bad_scan_is_refused_with_a_message_naming_the_field(tmp_path, name, arr
 
 def test_not_an_npz(tmp_path):
     p = write(tmp_path, "s.npz", b"PK\x03\x04 this is no zip archive")
-    with pytest.raises(MeasuredDataError, match="cannot be read as .npz"):
+    with pytest.raises(MeasuredDataError, match="is not a readable .npz archive"):
         read_measured(p, K, C)
 
 

@@ -54,6 +54,15 @@ def _dataset_name(args, design):
     return None, None
 
 
+def _input_files(args) -> list:
+    """The files this command reads: the design's design.json and phases.npz, --measured, --background, --gains."""
+    from pathlib import Path  # noqa: PLC0415
+
+    design = Path(args.design)
+    folder = design.parent if design.name == "design.json" else design
+    return [folder / "design.json", folder / "phases.npz", args.measured, args.background, args.gains]
+
+
 def run(args) -> int:
     """Run ``d2nn evaluate`` with the parsed ``args``; returns the exit code (0).
 
@@ -62,14 +71,16 @@ def run(args) -> int:
     """
     import numpy as np  # noqa: PLC0415
 
+    from diffractive._io import refuse_overwriting_inputs  # noqa: PLC0415
     from diffractive.design import load_design  # noqa: PLC0415
     from diffractive.measured.evaluate import evaluate_measurement  # noqa: PLC0415
     from diffractive.measured.io import read_background, read_gains, read_measured  # noqa: PLC0415
     from diffractive.measured.report import check_report_dir, write_report  # noqa: PLC0415
 
-    design = load_design(args.design)
-    if args.report:
+    if args.report:  # before anything is read: the report folder may be replaced, so it holds no input
+        refuse_overwriting_inputs(args.report, _input_files(args), option="--report")
         check_report_dir(args.report, args.force)
+    design = load_design(args.design)
     K, C = len(design.detectors), design.n_classes
     measured = read_measured(args.measured, K, C)
     background = read_background(args.background, measured) if args.background else None
@@ -122,7 +133,7 @@ def run(args) -> int:
         out = ev.to_json()
         if args.report:
             out["report"] = {"dir": str(args.report), "files": files}
-        print(json.dumps(out))
+        print(json.dumps(out, allow_nan=False))
     else:
         print(ev.summary())
         if args.report:

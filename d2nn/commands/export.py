@@ -57,6 +57,17 @@ def run(args) -> int:
 
     if args.material and args.material_file:
         raise UserError("give --material or --material-file, not both")
+    from pathlib import Path  # noqa: PLC0415
+
+    from diffractive._io import refuse_overwriting_inputs  # noqa: PLC0415
+    from diffractive.tolerance import DESIGN_REPORT, read_summary  # noqa: PLC0415
+
+    folder = Path(args.design).parent if Path(args.design).name == "design.json" else Path(args.design)
+    tolerance_file = args.tolerance or (folder / DESIGN_REPORT)
+    # before anything is read: the export may replace files in --out, which must hold no input
+    refuse_overwriting_inputs(args.out, [folder / "design.json", folder / "phases.npz", args.material_file,
+                                         tolerance_file if Path(tolerance_file).exists() else None],
+                              option="--out")
     design = load_design(args.design)
     material = resolve_material(design.material, name=args.material, n=args.n, kappa=args.kappa,
                                 material_file=args.material_file)
@@ -64,11 +75,6 @@ def run(args) -> int:
         raise UserError(f"--xy-resolution must be positive, got {args.xy_resolution:g} m")
     printer = PrinterSpec() if args.xy_resolution is None else PrinterSpec(xy_resolution_m=args.xy_resolution)
     say = None if args.quiet else (lambda msg: print(f"export: {msg}", file=sys.stderr, flush=True))
-    from pathlib import Path  # noqa: PLC0415
-
-    from diffractive.tolerance import DESIGN_REPORT, read_summary  # noqa: PLC0415
-
-    tolerance_file = args.tolerance or (Path(args.design) / DESIGN_REPORT)
     tolerance = None
     if args.tolerance is not None or Path(tolerance_file).is_file():
         tolerance = read_summary(tolerance_file)

@@ -179,6 +179,18 @@ def _outputs(out, fmt, dark):
     return paths
 
 
+def _input_files(args) -> list:
+    """The files this command reads: the design's design.json and phases.npz, and a --budget file."""
+    from pathlib import Path  # noqa: PLC0415
+
+    design = Path(args.design)
+    folder = design.parent if design.name == "design.json" else design
+    files = [folder / "design.json", folder / "phases.npz"]
+    if args.budget is not None and Path(args.budget).exists():
+        files.append(Path(args.budget))
+    return files
+
+
 def run(args) -> int:
     """Run ``d2nn measure-sim`` with the parsed ``args``; returns the exit code (0).
 
@@ -192,7 +204,8 @@ def run(args) -> int:
     from diffractive.asbuilt import check_oversample  # noqa: PLC0415
     from diffractive.design import load_design  # noqa: PLC0415
     from diffractive.errors import FieldError  # noqa: PLC0415
-    from diffractive.measured.io import atomic_write_bytes, detector_csv_bytes, scan_npz_bytes  # noqa: PLC0415
+    from diffractive._io import refuse_overwriting_inputs  # noqa: PLC0415
+    from diffractive.measured.io import check_output_file, detector_csv_bytes, scan_npz_bytes, write_files  # noqa: PLC0415
     from diffractive.measured.synthetic import Imperfections, choose_samples, simulate_lab  # noqa: PLC0415
     from training.datasets import design_split  # noqa: PLC0415
 
@@ -212,11 +225,10 @@ def run(args) -> int:
     if args.fmt == "scan" and args.detector_gain_spread:
         raise UserError("--detector-gain-spread applies to --format csv (a scan is taken with one probe)")
     paths = _outputs(args.out, args.fmt, args.dark > 0)
-    for p in paths.values():
-        if p.exists() and not args.force:
-            raise UserError(f"{p} exists; pass --force to replace it")
-        if not p.parent.is_dir():
-            raise FileNotFoundError(f"{p.parent}: no such folder (for --out)")
+    inputs = _input_files(args)
+    for p in paths.values():  # all outputs checked before any work; written together at the end (or none)
+        refuse_overwriting_inputs(p, inputs, option="--out")
+        check_output_file(p, overwrite=args.force)
     design = load_design(args.design)
     rng = np.random.default_rng([args.seed, 1])
     mis = parse_misalign(args.misalign, design.n_layers, design.pitch_m, rng)
@@ -263,11 +275,11 @@ def run(args) -> int:
     else:
         data = scan_npz_bytes(lab.intensity, lab.pitch_m, lab.labels, lab.origin_m, inputs=idx)
         dark = scan_npz_bytes(lab.dark, lab.pitch_m) if lab.dark is not None else None
-    # everything is computed; now write (data last is not needed: each file is atomic)
+    # everything is computed; now write all files, or none (diffractive.measured.io.write_files)
+    files = {paths["data"]: data, paths["truth"]: (json.dumps(truth, indent=1, allow_nan=False) + "\n").encode()}
     if dark is not None:
-        atomic_write_bytes(paths["dark"], dark, overwrite=args.force)
-    atomic_write_bytes(paths["truth"], (json.dumps(truth, indent=1) + "\n").encode(), overwrite=args.force)
-    atomic_write_bytes(paths["data"], data, overwrite=args.force)
+        files[paths["dark"]] = dark
+    write_files(files, overwrite=args.force)
 
     if args.json:
         print(json.dumps({"out": str(paths["data"]), "truth": str(paths["truth"]),

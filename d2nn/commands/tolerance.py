@@ -61,10 +61,60 @@ def _progress(quiet: bool):
     return line
 
 
+#: the files diffractive.tolerance_report.write_report writes (tolerance.png only with sweeps)
+REPORT_FILES = ("tolerance.json", "tolerance.md", "tolerance.html", "tolerance.png")
+
+
+def _input_files(args) -> list:
+    """The files this command reads: the design's design.json and phases.npz, and a --budget file."""
+    from pathlib import Path  # noqa: PLC0415
+
+    design = Path(args.design)
+    folder = design.parent if design.name == "design.json" else design
+    files = [folder / "design.json", folder / "phases.npz"]
+    if Path(args.budget).exists():
+        files.append(Path(args.budget))
+    return files
+
+
+def _write_report_safely(result, out, write_report) -> None:
+    """The report built in a temporary folder beside ``out``, then moved into place: a new
+    ``out`` appears whole (one rename); into an existing folder (--force) each file is
+    renamed in, replacing only the report's own files, so a failure never leaves a
+    half-written file and never clears the folder."""
+    import os  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        write_report(result, tmp)
+        os.chmod(tmp, 0o777 & ~_umask())
+        if not os.path.lexists(out):
+            os.replace(tmp, out)
+            return
+        for name in sorted(os.listdir(tmp)):
+            os.replace(os.path.join(tmp, name), out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    import os  # noqa: PLC0415
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def run(args) -> int:
     """Run ``d2nn tolerance`` with the parsed ``args``; returns the exit code (0)."""
     from pathlib import Path  # noqa: PLC0415
 
+    import os  # noqa: PLC0415
+
+    from diffractive._io import refuse_overwriting_inputs  # noqa: PLC0415
     from diffractive.budget import KINDS, load_budget  # noqa: PLC0415
     from diffractive.design import load_design  # noqa: PLC0415
     from diffractive.tolerance import analyse  # noqa: PLC0415
@@ -77,8 +127,14 @@ def run(args) -> int:
             raise UserError(f"{flag} must be a positive integer, got {value}")
     if args.report is not None:
         out = Path(args.report)
+        refuse_overwriting_inputs(out, _input_files(args), option="--report")
+        if os.path.lexists(out) and not out.exists():
+            raise UserError(f"--report {out} is a dangling symbolic link; remove it or name another folder")
         if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.force)):
             raise UserError(f"--report {out} exists and is not an empty folder (pass --force to write into it)")
+        for name in REPORT_FILES:
+            if (out / name).is_dir() or ((out / name).exists() and not (out / name).is_file()):
+                raise UserError(f"--report {out}: {out / name} exists and is not a file")
     design = load_design(args.design)
     budget = load_budget(args.budget)
     kinds = None
@@ -95,7 +151,7 @@ def run(args) -> int:
                      kinds=kinds, sweep_draws=args.sweep_draws, sweep_images=args.sweep_samples, workers=args.workers,
                      progress=_progress(args.quiet), name=str(args.design), dataset=f"{args.dataset}/{args.split}")
     if args.report is not None:
-        write_report(result, args.report)
+        _write_report_safely(result, Path(args.report), write_report)
     if args.json:
         print(json.dumps(result.to_json()))
     else:

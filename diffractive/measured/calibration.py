@@ -25,7 +25,8 @@ class GainFit:
     ``gains`` (K,) have mean 1 over the detectors that could be fitted (``None``-like NaN
     where a detector received too little simulated power to fit); ``stderr`` (K,) are their
     standard errors from the residuals; ``rms_relative_residual`` is the rms residual of
-    the fit divided by the rms measured power.
+    the fit divided by the rms measured power. ``problem`` says, in words, why no gain
+    could be fitted (then every gain is NaN), else ``""``.
     """
 
     gains: np.ndarray
@@ -33,13 +34,17 @@ class GainFit:
     scale: float
     rms_relative_residual: float
     n: int
+    problem: str = ""
 
     def to_json(self) -> dict:
         """JSON-ready dict of the fit (NaN gains and errors become None)."""
         def clean(a):
             return [None if not np.isfinite(v) else float(v) for v in a]
-        return {"gains": clean(self.gains), "stderr": clean(self.stderr), "scale": float(self.scale),
-                "rms_relative_residual": float(self.rms_relative_residual), "n": self.n}
+        def num(v):
+            return float(v) if np.isfinite(v) else None
+        return {"gains": clean(self.gains), "stderr": clean(self.stderr), "scale": num(self.scale),
+                "rms_relative_residual": num(self.rms_relative_residual), "n": self.n,
+                "problem": self.problem or None}
 
 
 def subtract_background(values, background):
@@ -75,17 +80,34 @@ def fit_gains(measured, simulated, *, min_signal=1e-6) -> GainFit:
     n, k = m.shape
     if n < 2:
         raise D2NNError("fitting gains needs at least 2 samples")
+    if not (np.all(np.isfinite(m)) and np.all(np.isfinite(s))):
+        raise D2NNError("fitting gains needs finite measured and simulated powers")
+    # the fit is done on both arrays scaled to a largest magnitude of 1 (and scaled back), so
+    # that neither huge nor tiny (subnormal) readings overflow or underflow in the squares
+    m_max, s_max = float(np.abs(m).max()), float(np.abs(s).max())
+    nan = np.full(k, np.nan)
+    if s_max == 0:
+        return GainFit(nan, nan.copy(), float("nan"), float("nan"), n,
+                       problem="the simulated powers are zero on every detector")
+    if m_max == 0:
+        return GainFit(nan, nan.copy(), float("nan"), float("nan"), n,
+                       problem="the measured powers are zero on every detector")
+    m, s = m / m_max, s / s_max
     ss = (s * s).sum(axis=0)
-    ok = ss > min_signal * ss.max() if ss.max() > 0 else np.zeros(k, bool)
+    ok = ss > min_signal * ss.max()
     beta = np.full(k, np.nan)
     se = np.full(k, np.nan)
     beta[ok] = (m[:, ok] * s[:, ok]).sum(axis=0) / ss[ok]
     resid = m[:, ok] - beta[ok] * s[:, ok]
     sigma2 = (resid ** 2).sum(axis=0) / max(n - 1, 1)
     se[ok] = np.sqrt(sigma2 / ss[ok])
-    scale = float(np.mean(beta[ok])) if ok.any() else float("nan")
-    gains = beta / scale
-    stderr = se / abs(scale)
-    rms_m = np.sqrt(np.mean(m[:, ok] ** 2)) if ok.any() else 0.0
+    scale = float(np.mean(beta[ok]))
+    rms_m = np.sqrt(np.mean(m[:, ok] ** 2))
     rel = float(np.sqrt(np.mean(resid ** 2)) / rms_m) if rms_m > 0 else float("nan")
-    return GainFit(gains=gains, stderr=stderr, scale=scale, rms_relative_residual=rel, n=n)
+    if not scale > 0:
+        return GainFit(nan, nan.copy(), float("nan"), rel, n,
+                       problem=f"the least-squares gains average to {scale * m_max / s_max:.3g} (not positive: the "
+                               "measured powers do not follow the simulated ones)")
+    with np.errstate(over="ignore"):
+        return GainFit(gains=beta / scale, stderr=se / scale, scale=scale * (m_max / s_max),
+                       rms_relative_residual=rel, n=n)

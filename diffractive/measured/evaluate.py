@@ -17,6 +17,7 @@ from .._validate import one_of
 from ..detectors import class_scores
 from ..errors import D2NNError
 from .calibration import GainFit, apply_gains, fit_gains, subtract_background
+from .io import MAX_CALIBRATED, MeasuredDataError
 from .registration import (Registration, check_scan_geometry, integrate_scan, register_to_detectors,
                            register_to_simulation)
 from .stats import (confusion_matrix, describe, margins, pooled_correlation, power_distribution, row_correlation,
@@ -24,6 +25,7 @@ from .stats import (confusion_matrix, describe, margins, pooled_correlation, pow
 
 REGISTER_MODES = ("auto", "offset", "full", "detectors", "none")
 CLOSE_MARGIN = 0.05
+MIN_FITTED_GAIN = 1e-6  # fitted gains (mean 1) below this are not divided by: a dead detector, not a gain
 
 
 @dataclass
@@ -161,15 +163,19 @@ class Evaluation:
             parts.append(f"background subtracted ({cal['background']})")
         if cal.get("gains_source"):
             parts.append(f"gains applied from {cal['gains_source']}")
-        if self.gain_fit is not None:
+        if self.gain_fit is not None and self.gain_fit.problem:
+            parts.append(f"gains could not be fitted against the simulation: {self.gain_fit.problem}")
+        elif self.gain_fit is not None:
             g = self.gain_fit.gains[np.isfinite(self.gain_fit.gains)]
             what = "applied" if cal.get("fitted_gains_applied") else "not applied"
+            se = self.gain_fit.stderr[np.isfinite(self.gain_fit.stderr)]
+            err = f" (median error {np.median(se):.3f})" if se.size else ""
             if g.size:
                 acc = cal.get("accuracy_with_fitted_gains")
                 extra = f"; accuracy with them {100 * acc:.1f} %" if acc is not None and not cal.get("fitted_gains_applied") else ""
                 resid = "residual " if cal.get("gains_source") else ""
-                parts.append(f"{resid}gains fitted against the simulation: {g.min():.3f} ... {g.max():.3f} "
-                             f"(median error {np.nanmedian(self.gain_fit.stderr):.3f}), {what}{extra}")
+                parts.append(f"{resid}gains fitted against the simulation: {g.min():.3f} ... {g.max():.3f}"
+                             f"{err}, {what}{extra}")
         L.append("  calibration  " + ("; ".join(parts) if parts else "none (raw readings, gains 1)"))
         if self.registration is not None:
             r = self.registration
@@ -192,9 +198,18 @@ class Evaluation:
         L.append(f"  margin       median {np.median(m):.3f}, min {m.min():.3f} (fraction of detected power; "
                  f"{int(np.sum((m >= 0) & (m < CLOSE_MARGIN)))} correct samples below {CLOSE_MARGIN})")
         if self.power_on_detectors is not None:
-            s = f"  on detectors {100 * np.mean(self.power_on_detectors):.1f} % of the output power (mean)"
+            pod = self.power_on_detectors
+            ok = np.isfinite(pod)
+            if ok.any():
+                s = f"  on detectors {100 * np.mean(pod[ok]):.1f} % of the output power (mean)"
+            else:
+                s = "  on detectors not computable (the total output power is 0, or too small to divide by, in every sample)"
             if self.sim_power_on_detectors is not None:
                 s += f"; simulated {100 * np.mean(self.sim_power_on_detectors):.1f} %"
+            if ok.any() and not ok.all():
+                s += (f"; not computable for {int(np.sum(~ok))} sample(s) whose total power is 0 (or too small "
+                      "to divide by): "
+                      f"{_ids(self.sample_ids, np.flatnonzero(~ok))}")
             L.append(s)
         elif self.sim_power_on_detectors is not None:
             L.append(f"  on detectors not measured (needs a scan or a 'total' column); simulated "
@@ -206,10 +221,15 @@ class Evaluation:
                      f"inputs; same prediction {100 * same['rate']:.1f} % ({same['count']}/{self.n}, 95 % CI "
                      f"{100 * same['ci95'][0]:.1f} - {100 * same['ci95'][1]:.1f} %)")
             c = s["correlation"]
+            bad = np.flatnonzero(~np.isfinite(self.correlations))
+            why = ("not computable where a sample's measured or simulated detector powers are all equal (all 0, say): "
+                   + _ids(self.sample_ids, bad)) if bad.size else ""
             if c["median"] is not None:
                 pooled = f"; pooled {c['pooled']:.3f}" if c["pooled"] is not None else ""
                 L.append(f"               detector-vector correlation median {c['median']:.3f}, min {c['min']:.3f}"
-                         f"{pooled}")
+                         f"{pooled}" + (f"; {why}" if why else ""))
+            else:
+                L.append(f"               detector-vector correlation {why or 'not computable'}")
             dis = self.disagreements()
             if dis:
                 L.append(f"  disagree     {len(dis)} samples (measured vs simulated class):")
@@ -241,6 +261,34 @@ class Evaluation:
         if not self.scan_shape:
             return ""
         return f"{self.scan_shape[0]} x {self.scan_shape[1]} at {1e3 * self.scan_pitch:.4g} mm"
+
+
+def _ids(sample_ids, idx, limit=5) -> str:
+    """The sample ids at indices ``idx``, at most ``limit`` of them named (long ids shortened)."""
+    names = [str(sample_ids[i]) if len(str(sample_ids[i])) <= 24 else str(sample_ids[i])[:24] + "..."
+             for i in list(idx)[:limit]]
+    more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
+    return ", ".join(names) + more
+
+
+def _check_calibrated(measured, raw, powers, background, gains) -> None:
+    """Refuse calibrated ``powers`` (N, K) that are not finite or beyond :data:`~.io.MAX_CALIBRATED` in
+    magnitude, naming the sample, the detector and the values (reading, background, gain) that made them."""
+    bad = ~np.isfinite(powers) | (np.abs(powers) > MAX_CALIBRATED)
+    if not bad.any():
+        return
+    i, k = (int(v) for v in np.unravel_index(int(np.argmax(bad)), bad.shape))
+    if measured.kind == "detectors":
+        what = f"reading {measured.powers[i, k]:g}"
+        if background is not None:
+            what = f"({what} - background {float(np.asarray(background)[k]):g})"
+    else:
+        what = "integrated scan power " + ("(background subtracted) " if background is not None else "") + f"{raw[i, k]:g}"
+    if gains is not None:
+        what += f" / gain {float(np.asarray(gains)[k]):g}"
+    raise MeasuredDataError(f"{measured.source}: sample {_ids(measured.sample_ids, [i])}, det{k}: calibrated power "
+                            f"{what} = {float(powers[i, k]):g} is beyond the {MAX_CALIBRATED:g} in magnitude the "
+                            "statistics can handle; check the units of the measurement, background and gains")
 
 
 def _num(v):
@@ -320,6 +368,11 @@ def evaluate_measurement(design, measured, *, design_name: str = "design", backg
                 notes.append("scans not registered: no inputs to simulate (give 'inputs' and a dataset), so the "
                              "detectors are integrated where the scan coordinates put them; registering by "
                              "'detectors' estimates the offset from the power on the detectors instead")
+        flat = scan.intensity.reshape(scan.n, -1)
+        if mode in ("offset", "full", "detectors") and np.all(flat.max(axis=1) == flat.min(axis=1)):
+            warnings.append("scans not registered: every scan is constant (all 0, say), so there is nothing to match; "
+                            "the detectors are integrated at their nominal positions")
+            mode = "none"
         if mode in ("offset", "full"):
             if not have_ref:
                 raise D2NNError(f"registering by '{mode}' needs the simulated output of the measured inputs "
@@ -346,13 +399,27 @@ def evaluate_measurement(design, measured, *, design_name: str = "design", backg
     if register not in ("auto", "none") and measured.kind != "scan":
         notes.append(f"registration '{register}' ignored: registration applies to scans")
 
-    powers = apply_gains(raw, gains)
+    with np.errstate(over="ignore", invalid="ignore"):
+        powers = apply_gains(raw, gains)
+    _check_calibrated(measured, raw, powers, background, gains)
+    dead = np.flatnonzero(np.abs(powers).sum(axis=1) == 0)
+    if dead.size:
+        warnings.append(f"{dead.size} sample(s) have no detected power (every detector reads 0 after calibration): "
+                        f"{_ids(measured.sample_ids, dead)}; their scores tie, so their margin is 0 and they count as "
+                        "the first class of the tie" + ("; their correlation with the simulation cannot be computed"
+                                                         if simulation is not None else ""))
     gain_fit = None
     if simulation is not None:
         if measured.n >= 2:
             gain_fit = fit_gains(powers, simulation.powers)
             calibration["fitted_gains"] = gain_fit.to_json()
-            fitted = np.where(np.isfinite(gain_fit.gains), gain_fit.gains, 1.0)
+            usable = np.isfinite(gain_fit.gains) & (gain_fit.gains > MIN_FITTED_GAIN)
+            if np.any(np.isfinite(gain_fit.gains) & ~usable):
+                notes.append("fitted gain(s) of " + ", ".join(f"det{k} ({gain_fit.gains[k]:.3g})" for k in
+                                                               np.flatnonzero(np.isfinite(gain_fit.gains) & ~usable))
+                             + f" are below {MIN_FITTED_GAIN:g} of the mean (a dead detector?): taken as 1 where the "
+                               "fitted gains are applied")
+            fitted = np.where(usable, gain_fit.gains, 1.0)
             alt = np.argmax(class_scores(powers / fitted, design.detectors, C), axis=1)
             calibration["accuracy_with_fitted_gains"] = float(np.mean(alt == measured.labels))
             calibration["fitted_gains_applied"] = bool(apply_fitted_gains)
@@ -369,8 +436,9 @@ def evaluate_measurement(design, measured, *, design_name: str = "design", backg
     labels = measured.labels
     pod = None
     if totals is not None:
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             pod = np.where(totals != 0, apply_gains(raw, gains).sum(axis=1) / totals, np.nan)
+        pod = np.where(np.isfinite(pod), pod, np.nan)  # a total of 0, or too small to divide by: not computable
     missing = [c for c in range(C) if not np.any(labels == c)]
     if missing and len(missing) < C:
         notes.append(f"no samples of class(es) {', '.join(map(str, missing))}")

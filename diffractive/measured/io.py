@@ -18,28 +18,67 @@ Formats (docs/evaluate.md has the full description):
   ``det0`` ... ``det{K-1}`` and one row. Measured power = gain x true power.
 
 Every reader validates and raises :class:`MeasuredDataError` with one line naming the
-file and the row, column or field. Values that can be measurements — small negative
-numbers among them — are kept; only what cannot be a measurement (NaN, infinity, text)
-is refused.
+file and the row, column or field. Files are read through :mod:`diffractive._read` (the
+one reading layer: regular-file, size, UTF-8, gzip/zip sniffing and ``.npz`` header
+checks); its :class:`~diffractive._read.InputFileError` reaches callers as a
+:class:`MeasuredDataError` with the same one-line message. Values that can be
+measurements — small negative numbers among them — are kept; only what cannot be a
+measurement is refused: NaN, infinity, text, and magnitudes beyond :data:`MAX_MAGNITUDE`
+(no instrument reports 1e100 in any linear unit, and beyond it the squares and sums the
+statistics take overflow float64). Limits: :data:`MAX_FIELD_CHARS` characters per CSV
+field, integers (labels, input indices) of at most :data:`MAX_INDEX`, gains between
+:data:`MIN_GAIN` and :data:`MAX_MAGNITUDE`.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
-import json
 import math
+import os
 import re
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .._io import atomic_write_bytes as _atomic_write_bytes
-from ..errors import D2NNError
+from .._read import InputFileError, check_regular_file, read_bytes, read_json, read_npz, read_text
+from ..errors import D2NNError, OutputExists
+
+#: largest magnitude accepted for a reading, a total, a background or a gain (and, after
+#: calibration, :data:`MAX_CALIBRATED` for a calibrated power)
+MAX_MAGNITUDE = 1e100
+#: largest magnitude of a calibrated power (reading - background) / gain
+MAX_CALIBRATED = 1e120
+#: smallest gain accepted (a gain divides the readings)
+MIN_GAIN = 1e-100
+#: longest CSV field accepted, in characters (the header's too)
+MAX_FIELD_CHARS = 10_000
+#: largest integer accepted for a label or an input index (2**53: exact in float64)
+MAX_INDEX = 2 ** 53
 
 
 class MeasuredDataError(D2NNError):
     """A measurement, background or gains file cannot be used; the message names the place."""
+
+
+@contextlib.contextmanager
+def _file_errors():
+    """Re-raise the reading layer's InputFileError as MeasuredDataError (same message)."""
+    try:
+        yield
+    except InputFileError as e:
+        raise MeasuredDataError(str(e)) from None
+
+
+def _show(text, limit=40) -> str:
+    """``repr(text)``, shortened to about ``limit`` characters (messages stay one short line)."""
+    text = str(text)
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[:limit]) + f"... ({len(text):,} characters)"
 
 
 @dataclass
@@ -124,11 +163,11 @@ def centred_origin(shape, pitch_m) -> tuple:
 
 
 # --------------------------------------------------------------------------- helpers
-_DET_RE = re.compile(r"^det(\d+)$")
+_DET_RE = re.compile(r"^det([0-9]{1,9})$", re.ASCII)  # ASCII digits only: 'det٢' is not detector 2
 
 
 def _fmt_list(names, limit=6):
-    names = list(names)
+    names = [n if len(str(n)) <= 40 else str(n)[:40] + "..." for n in names]
     if len(names) > limit:
         return ", ".join(names[:limit]) + f", ... ({len(names)} in all)"
     return ", ".join(names)
@@ -139,38 +178,47 @@ def _det_range(k):
 
 
 def _kind_of(path: Path) -> str:
+    """``"scan"`` (NPZ) or ``"detectors"`` (CSV text): by the suffix, else by the first bytes
+    (read through the reading layer; such a file is read whole, up to its text-size limit)."""
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return "scan"
     if suffix in (".csv", ".txt", ".tsv"):
         return "detectors"
-    with open(path, "rb") as f:
-        head = f.read(4)
+    with _file_errors():
+        head = read_bytes(path)[:4]
     return "scan" if head.startswith(b"PK") else "detectors"
 
 
 def _check_file(path) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise MeasuredDataError(f"{path}: no such file")
-    if path.is_dir():
-        raise MeasuredDataError(f"{path}: is a folder, not a measurement file")
+    """``path`` if it is a readable, non-empty regular file (symlinks followed), else MeasuredDataError."""
+    with _file_errors():
+        path = check_regular_file(path)
+    if path.stat().st_size == 0:
+        raise MeasuredDataError(f"{path}: empty file")
     return path
+
+
+#: a number in a CSV cell: ASCII digits only (Python's float() would also take '1_000', '١٢' or 'infinity')
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
 
 
 def _parse_int(text, what):
     t = text.strip()
-    try:
-        return int(t)
-    except ValueError:
-        pass
-    try:
-        v = float(t)
-    except ValueError:
-        raise MeasuredDataError(f"{what} = {text!r} is not an integer") from None
-    if not math.isfinite(v) or v != int(v):
-        raise MeasuredDataError(f"{what} = {text!r} is not an integer")
-    return int(v)
+    if len(t) > 40:
+        raise MeasuredDataError(f"{what} = {_show(t)} is not an integer of at most {MAX_INDEX:,} "
+                                f"({len(t):,} characters)")
+    if _INTEGER.fullmatch(t):
+        v = int(t)
+    else:
+        f = float(t) if _NUMBER.fullmatch(t) else math.nan
+        if not math.isfinite(f) or f != int(f):
+            raise MeasuredDataError(f"{what} = {_show(text)} is not an integer")
+        v = int(f)
+    if abs(v) > MAX_INDEX:
+        raise MeasuredDataError(f"{what} = {_show(t)} is too large (an integer of at most {MAX_INDEX:,} is accepted)")
+    return v
 
 
 # --------------------------------------------------------------------------- CSV
@@ -179,44 +227,78 @@ def _parse_finite(text, what) -> float:
     text = text.strip()
     if not text:
         raise MeasuredDataError(f"{what} is empty")
-    try:
-        v = float(text)
-    except ValueError:
-        raise MeasuredDataError(f"{what} = {text!r} is not a number") from None
-    if not math.isfinite(v):
-        raise MeasuredDataError(f"{what} = {text!r} is not a finite number")
+    if not _NUMBER.fullmatch(text):
+        if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            raise MeasuredDataError(f"{what} = {_show(text)} is not a finite number")
+        raise MeasuredDataError(f"{what} = {_show(text)} is not a number")
+    v = float(text)
+    if abs(v) > MAX_MAGNITUDE:
+        raise MeasuredDataError(f"{what} = {_show(text)} is beyond the {MAX_MAGNITUDE:g} in magnitude a reading "
+                                "can have (the statistics would overflow); check the units")
     return v
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # only these end a line (str.splitlines also breaks at \x1c, \x85, ...)
+
+
+def _split_fields(path, lineno, ln, delim, header):
+    """The fields of CSV line ``ln`` (number ``lineno``); a field longer than
+    :data:`MAX_FIELD_CHARS` is refused naming its column (``header``, None for the header line)."""
+    def refuse_long(col, size):
+        name = f"column {_show(header[col].strip())}" if header is not None and col < len(header) else f"field {col + 1}"
+        raise MeasuredDataError(f"{path}: line {lineno}: {name} holds {size:,} characters (at most "
+                                f"{MAX_FIELD_CHARS:,} are accepted in a field)")
+
+    if len(ln) > MAX_FIELD_CHARS:  # find a long field without the csv module (whose limit raises its own error)
+        for col, part in enumerate(ln.split(delim)):
+            if len(part) > MAX_FIELD_CHARS:
+                refuse_long(col, len(part))
+    try:
+        fields = next(csv.reader([ln], delimiter=delim))
+    except csv.Error as e:
+        raise MeasuredDataError(f"{path}: line {lineno} is not valid CSV ({e})") from None
+    for col, f in enumerate(fields):
+        if len(f) > MAX_FIELD_CHARS:
+            refuse_long(col, len(f))
+    return fields
 
 
 def _csv_rows(path: Path):
     """(header, [(line_number, fields)]) of a CSV file; comments and blank lines skipped."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise MeasuredDataError(f"{path}: not a text (UTF-8) CSV file ({e.reason} at byte {e.start})") from None
-    lines = [(i + 1, ln) for i, ln in enumerate(text.splitlines()) if ln.strip() and not ln.lstrip().startswith("#")]
+    with _file_errors():
+        text = read_text(path)
+    lines = [(i + 1, ln) for i, ln in enumerate(_LINE_BREAK.split(text)) if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise MeasuredDataError(f"{path}: empty file (expected a header row such as sample,label,det0,det1,...)")
     header_line = lines[0][1]
     delim = ","
     if "," not in header_line:
         delim = ";" if ";" in header_line else ("\t" if "\t" in header_line else ",")
-    rows = []
-    for lineno, ln in lines:
-        rows.append((lineno, next(csv.reader([ln], delimiter=delim))))
-    header = [h.strip() for h in rows[0][1]]
-    return header, rows[1:]
+    header = [h.strip() for h in _split_fields(path, lines[0][0], header_line, delim, None)]
+    rows = [(lineno, _split_fields(path, lineno, ln, delim, header)) for lineno, ln in lines[1:]]
+    return header, rows
 
 
 def _read_power_csv(path: Path, n_detectors: int, n_classes: int | None, *, need_labels=True):
     header, rows = _csv_rows(path)
     lower = [h.lower() for h in header]
-    seen = set()
-    for h in lower:
+    seen = {}
+    for i, h in enumerate(lower):
         if h in seen and h:
-            raise MeasuredDataError(f"{path}: column '{h}' appears twice in the header")
-        seen.add(h)
-    dets = {int(m.group(1)): i for i, h in enumerate(lower) if (m := _DET_RE.match(h))}
+            first = header[seen[h]]
+            if first == header[i]:
+                raise MeasuredDataError(f"{path}: column {_show(h)} appears twice in the header")
+            raise MeasuredDataError(f"{path}: columns {_show(first)} and {_show(header[i])} are the same column "
+                                    "(names are case-insensitive); keep one")
+        seen[h] = i
+    dets = {}
+    for i, h in enumerate(lower):
+        if m := _DET_RE.match(h):
+            k = int(m.group(1))
+            if k in dets:
+                raise MeasuredDataError(f"{path}: columns {header[dets[k]]!r} and {header[i]!r} both name detector "
+                                        f"{k}; keep one")
+            dets[k] = i
     missing = [f"det{k}" for k in range(n_detectors) if k not in dets]
     extra = sorted(k for k in dets if k >= n_detectors)
     if missing:
@@ -239,12 +321,12 @@ def _read_power_csv(path: Path, n_detectors: int, n_classes: int | None, *, need
         if len(fields) != len(header):
             raise MeasuredDataError(f"{path}: line {lineno} has {len(fields)} fields but the header has {len(header)}")
         sid = fields[col["sample"]].strip() if "sample" in col else str(r)
-        where = f"{path}: line {lineno} (sample {sid!r})"
+        where = f"{path}: line {lineno} (sample {_show(sid)})"
         if "sample" in col and not sid:
             raise MeasuredDataError(f"{path}: line {lineno}: column 'sample' is empty")
         ids.append(sid)
         for k, c in enumerate(det_cols):
-            powers[r, k] = _parse_finite(fields[c], f"{where}: column 'det{k}'")
+            powers[r, k] = _parse_finite(fields[c], f"{where}: column {_show(header[c])}")
         if "label" in col:
             lab = _parse_int(fields[col["label"]], f"{where}: column 'label'")
             if lab < 0 or (n_classes is not None and lab >= n_classes):
@@ -265,28 +347,34 @@ def _read_power_csv(path: Path, n_detectors: int, n_classes: int | None, *, need
 
 # --------------------------------------------------------------------------- NPZ
 def _npz_arrays(path: Path) -> dict:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise MeasuredDataError(f"{path}: is a single .npy array, not an .npz archive with 'intensity', "
-                                        "'labels' and 'pitch_m'")
-            return {k: z[k] for k in z.files}
-    except MeasuredDataError:
-        raise
-    except (OSError, ValueError, EOFError) as e:
-        raise MeasuredDataError(f"{path}: cannot be read as .npz ({e})") from None
-    except Exception as e:  # zipfile.BadZipFile and friends
-        raise MeasuredDataError(f"{path}: cannot be read as .npz ({type(e).__name__}: {e})") from None
+    """The arrays of the ``.npz`` at ``path``, read by :func:`diffractive._read.read_npz` (headers checked
+    before anything is allocated; never pickles). Text arrays are loaded too, so that the field
+    checks below can name a field that holds text; object arrays are refused there."""
+    with _file_errors():
+        return read_npz(path, kinds="fiucbUS")
 
 
 def _real_array(path, name, a):
+    """``a`` as float64, if it holds real numbers (float or integer), all finite and at most
+    :data:`MAX_MAGNITUDE` in magnitude; else MeasuredDataError naming ``name`` and the first bad element."""
     if a.dtype == object or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
         raise MeasuredDataError(f"{path}: field '{name}' must hold real numbers, got dtype {a.dtype}")
+    if a.ndim == 0:  # a scalar (pitch_m): its caller checks its value
+        return a.astype(np.float64)
+    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+        kind, at = _first_bad(a)
+        raise MeasuredDataError(f"{path}: field '{name}' has {kind} at {at}")
+    big = np.abs(a) > MAX_MAGNITUDE if a.dtype.kind == "f" else np.zeros(a.shape, bool)
+    if big.any():
+        at = np.unravel_index(int(np.argmax(big)), a.shape) if a.ndim else ()
+        where = "[" + ", ".join(str(int(i)) for i in at) + "]"
+        raise MeasuredDataError(f"{path}: field '{name}'{where} = {float(a[at]):g} is beyond the {MAX_MAGNITUDE:g} "
+                                "in magnitude a measurement can have (the statistics would overflow); check the units")
     return a.astype(np.float64)
 
 
 def _first_bad(a):
-    idx = np.argwhere(~np.isfinite(a))[0]
+    idx = np.argwhere(~np.isfinite(a))[0] if a.ndim else np.zeros(0, int)
     v = a[tuple(idx)]
     kind = "NaN" if np.isnan(v) else ("+inf" if v > 0 else "-inf")
     return kind, "[" + ", ".join(str(int(i)) for i in idx) + "]"
@@ -314,6 +402,11 @@ def _index_array(path, name, a, n, *, lo=0, hi=None, what="index"):
             raise MeasuredDataError(f"{path}: field '{name}'[{i}] = {float(a[i])!r} is not an integer")
     elif not np.issubdtype(a.dtype, np.integer):
         raise MeasuredDataError(f"{path}: field '{name}' must hold integers, got dtype {a.dtype}")
+    big = np.abs(a.astype(np.float64)) > MAX_INDEX  # before the cast, which would wrap uint64 and big floats
+    if big.any():
+        i = int(np.argmax(big))
+        raise MeasuredDataError(f"{path}: field '{name}'[{i}] = {a[i]} is out of range ({what} of at most "
+                                f"{MAX_INDEX:,})")
     a = a.astype(np.int64)
     bad = (a < lo) | ((a >= hi) if hi is not None else False)
     if np.any(bad):
@@ -340,10 +433,10 @@ def _read_scan_npz(path: Path, n_classes: int | None, *, need_labels=True):
                                 "2 x 2 pixels")
     if np.iscomplexobj(inten):
         raise MeasuredDataError(f"{path}: field 'intensity' is complex; a scan records real power per pixel")
-    inten = _real_array(path, "intensity", inten)
-    if not np.all(np.isfinite(inten)):
+    if np.issubdtype(inten.dtype, np.floating) and not np.all(np.isfinite(inten)):
         kind, at = _first_bad(inten)
         raise MeasuredDataError(f"{path}: field 'intensity' has {kind} at {at} (scan {at[1:].split(',')[0]})")
+    inten = _real_array(path, "intensity", inten)
     n = inten.shape[0]
     labels = None
     if "labels" in arrays:
@@ -380,8 +473,6 @@ def read_measured(path, n_detectors: int, n_classes: int):
     come from the design; a file disagreeing with them is refused.
     """
     path = _check_file(path)
-    if path.stat().st_size == 0:
-        raise MeasuredDataError(f"{path}: empty file")
     if _kind_of(path) == "scan":
         return _read_scan_npz(path, n_classes)
     return _read_power_csv(path, n_detectors, n_classes)
@@ -395,8 +486,6 @@ def read_background(path, measured):
     have the scan's shape (and ``pitch_m``, if the file gives one).
     """
     path = _check_file(path)
-    if path.stat().st_size == 0:
-        raise MeasuredDataError(f"{path}: empty file")
     kind = _kind_of(path)
     if kind != measured.kind:
         want = "a CSV of detector powers" if measured.kind == "detectors" else "an NPZ scan"
@@ -417,13 +506,9 @@ def read_background(path, measured):
 def read_gains(path, n_detectors: int) -> np.ndarray:
     """Per-detector gains (K,) from JSON (``{"gains": [...]}`` or a list) or a one-row CSV."""
     path = _check_file(path)
-    if path.stat().st_size == 0:
-        raise MeasuredDataError(f"{path}: empty file")
     if path.suffix.lower() == ".json":
-        try:
-            doc = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise MeasuredDataError(f"{path}: not valid JSON ({e})") from None
+        with _file_errors():
+            doc = read_json(path)
         g = doc.get("gains") if isinstance(doc, dict) else doc
         if g is None:
             raise MeasuredDataError(f"{path}: has no field 'gains'")
@@ -443,6 +528,11 @@ def read_gains(path, n_detectors: int) -> np.ndarray:
     if bad.any():
         k = int(np.argmax(bad))
         raise MeasuredDataError(f"{path}: gain of det{k} = {float(gains[k])!r} must be a positive finite number")
+    bad = (gains < MIN_GAIN) | (gains > MAX_MAGNITUDE)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise MeasuredDataError(f"{path}: gain of det{k} = {float(gains[k]):g} is outside {MIN_GAIN:g} ... "
+                                f"{MAX_MAGNITUDE:g} (the calibrated powers would overflow or underflow)")
     return gains
 
 
@@ -452,24 +542,118 @@ def atomic_write_bytes(path, data: bytes, *, overwrite=False):
     return _atomic_write_bytes(path, data, overwrite=overwrite)
 
 
+def check_output_file(path, *, overwrite=False) -> Path:
+    """Refuse to write a file at ``path`` where that cannot be done safely; called before any work.
+
+    Refused: anything at ``path`` -- a file, or a symbolic link even if it dangles (writing
+    would replace it) -- unless ``overwrite``; a folder, or a link to one, and anything that
+    is not a regular file, always; a missing parent folder. Raises
+    :class:`~diffractive.errors.OutputExists` or :class:`FileNotFoundError`.
+    """
+    path = Path(path)
+    if os.path.isdir(path):
+        raise OutputExists(path, "is a folder", {})
+    if os.path.lexists(path):
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise OutputExists(path, "exists and is not a regular file", {})
+        if not overwrite:
+            what = "is a dangling symbolic link" if not os.path.exists(path) else "exists"
+            raise OutputExists(path, what, {"overwrite": "replace it"})
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path.parent}: no such folder (for {path.name})")
+    return path
+
+
+def write_files(files: dict, *, overwrite=False) -> list:
+    """Write several files all or nothing: ``files`` maps a path to its bytes.
+
+    Every path is checked first (:func:`check_output_file`; two paths naming one file are
+    refused); then each file is written to a temporary file beside it and flushed to disk;
+    only then are they renamed into place. If anything fails or is interrupted, the files
+    already renamed are put back as they were (a replaced file is kept as a hard link until
+    the end) and every temporary file is removed, so either all files are written or none
+    is changed. Returns the paths.
+    """
+    items = [(check_output_file(p, overwrite=overwrite), data) for p, data in files.items()]
+    seen = {}
+    for p, _ in items:
+        key = p.resolve()
+        if key in seen:
+            raise D2NNError(f"{seen[key]} and {p} are the same file")
+        seen[key] = p
+    mask = os.umask(0)
+    os.umask(mask)
+    staged, done = [], []
+    try:
+        for p, data in items:
+            fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+            staged.append((p, Path(tmp)))
+            os.fchmod(fd, 0o666 & ~mask)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        try:
+            for p, tmp in staged:
+                entry = {"path": p, "backup": None, "linked": False, "replaced": False}
+                if os.path.lexists(p):
+                    backup = p.with_name(f".{p.name}.{os.getpid()}.{len(done)}.old")
+                    try:  # a second name for the old file: the path never goes missing
+                        os.link(p, backup, follow_symlinks=False)
+                        entry["linked"] = True
+                    except OSError:
+                        os.replace(p, backup)
+                    entry["backup"] = backup
+                done.append(entry)
+                os.replace(tmp, p)
+                entry["replaced"] = True
+        except BaseException:
+            for e in reversed(done):
+                with contextlib.suppress(OSError):
+                    if e["backup"] is None:
+                        if e["replaced"]:
+                            os.unlink(e["path"])
+                    elif e["linked"] and not e["replaced"]:
+                        os.unlink(e["backup"])  # the old file is still at its path
+                    else:
+                        os.replace(e["backup"], e["path"])
+            raise
+        for e in done:
+            if e["backup"] is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(e["backup"])
+    finally:
+        for _, tmp in staged:
+            with contextlib.suppress(OSError):
+                if os.path.lexists(tmp):
+                    os.unlink(tmp)
+    return [p for p, _ in items]
+
+
 def detector_csv_bytes(powers, labels=None, sample_ids=None, inputs=None, total=None, comments=()) -> bytes:
     """CSV text of detector powers in the format :func:`read_measured` reads (full float precision), as UTF-8 bytes.
 
     ``powers`` (N, K); optional ``labels`` (N,), ``sample_ids`` (N strings, default
     ``s0000`` ...), ``inputs`` (N,) dataset indices, ``total`` (N,); ``comments`` become
-    ``#`` lines above the header.
+    ``#`` lines above the header. A sample id must be text the reader gives back: not
+    empty, no line break, no surrounding blanks (else :class:`MeasuredDataError`); one
+    that starts with ``#`` is quoted, so that its row is not read as a comment.
     """
     powers = np.asarray(powers, dtype=np.float64)
     n, k = powers.shape
     buf = io.StringIO()
     for c in comments:
-        buf.write(f"# {c}\n")
+        buf.write("# " + re.sub(r"[\r\n]+", " ", str(c)) + "\n")
     w = csv.writer(buf, lineterminator="\n")
     head = ["sample"] + (["label"] if labels is not None else []) + (["input"] if inputs is not None else [])
     head += [f"det{j}" for j in range(k)] + (["total"] if total is not None else [])
     w.writerow(head)
     for i in range(n):
-        row = [sample_ids[i] if sample_ids is not None else f"s{i:04d}"]
+        sid = str(sample_ids[i]) if sample_ids is not None else f"s{i:04d}"
+        if not sid or sid != sid.strip() or "\n" in sid or "\r" in sid:
+            raise MeasuredDataError(f"sample id {_show(sid)} cannot be written to a CSV that reads back the same "
+                                    "(empty, a line break, or blanks around it)")
+        row = [sid]
         if labels is not None:
             row.append(int(labels[i]))
         if inputs is not None:
@@ -477,7 +661,13 @@ def detector_csv_bytes(powers, labels=None, sample_ids=None, inputs=None, total=
         row += [repr(float(v)) for v in powers[i]]
         if total is not None:
             row.append(repr(float(total[i])))
-        w.writerow(row)
+        if sid.startswith("#"):
+            line = io.StringIO()
+            csv.writer(line, lineterminator="\n").writerow(row)
+            text = line.getvalue()
+            buf.write(text if text.startswith('"') else '"' + sid.replace('"', '""') + '"' + text[len(sid):])
+        else:
+            w.writerow(row)
     return buf.getvalue().encode()
 
 

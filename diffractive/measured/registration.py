@@ -228,7 +228,15 @@ class _Reference:
                                                  cval=0.0) for c in self.coef])
 
 
+def _unit_max(a):
+    """``a`` (..., H, W) with each frame divided by its largest magnitude (frames of zeros left as they are):
+    the correlations below do not change, and squares of huge or subnormal values cannot overflow/underflow."""
+    top = np.abs(a).max(axis=(-2, -1), keepdims=True)
+    return a / np.where(top > 0, top, 1.0)
+
+
 def _centred_unit(a):
+    a = _unit_max(a)
     a = a - a.mean(axis=(-2, -1), keepdims=True)
     norm = np.sqrt((a * a).sum(axis=(-2, -1), keepdims=True))
     return a / np.where(norm > 0, norm, 1)
@@ -245,7 +253,12 @@ def _coarse_offset(scans, canvases, pitch, origin, canvas_shape, max_offset_m=No
     from scipy.signal import fftconvolve  # noqa: PLC0415
 
     acc = None
+    # all scans (and all canvases) scaled by one factor: the offset does not change, and huge or
+    # subnormal values cannot overflow/underflow in the products
+    m_top = max(float(np.abs(m).max()) for m in scans) or 1.0
+    t_top = max(float(np.abs(t).max()) for t in canvases) or 1.0
     for m, t in zip(scans, canvases):
+        m, t = m / m_top, t / t_top
         c = fftconvolve(m - m.mean(), (t - t.mean())[::-1, ::-1], mode="full")
         acc = c if acc is None else acc + c
     hh, ww = canvas_shape

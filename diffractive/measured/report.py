@@ -138,6 +138,11 @@ def scan_figure(ev, scan, detectors, path, max_panels=10):
 
 
 # --------------------------------------------------------------------------- documents
+def _fmt(v, spec) -> str:
+    """``v`` formatted with ``spec``, or ``not computable`` for a value that does not exist (None)."""
+    return "not computable" if v is None else format(v, spec)
+
+
 def _md_table(header, rows):
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
@@ -163,9 +168,11 @@ def markdown(ev, figures) -> str:
     if ev.gain_fit is not None:
         g = j["calibration"]["fitted_gains"]
         L += ["## Fitted gains", "",
-              f"Least squares against the simulation, relative to their mean; scale {g['scale']:.4g} measured units "
-              f"per simulated unit; rms relative residual {g['rms_relative_residual']:.3g}. "
-              + ("Applied." if j["calibration"].get("fitted_gains_applied") else "Not applied (see gains.json)."), ""]
+              f"Least squares against the simulation, relative to their mean; scale {_fmt(g['scale'], '.4g')} "
+              f"measured units per simulated unit; rms relative residual {_fmt(g['rms_relative_residual'], '.3g')}. "
+              + ("Applied." if j["calibration"].get("fitted_gains_applied") else
+                 "Not applied (see gains.json)." if _usable_gains(g["gains"]) else
+                 "Not applied; no gains.json written (no positive gains could be fitted)."), ""]
         L += _md_table(["detector", "gain", "std. error"],
                        [(f"det{k}", "-" if v is None else f"{v:.4f}", "-" if e is None else f"{e:.4f}")
                         for k, (v, e) in enumerate(zip(g["gains"], g["stderr"]))]) + [""]
@@ -205,9 +212,17 @@ def html_page(ev, figures) -> str:
 
 
 def check_report_dir(path, force=False) -> Path:
-    """Refuse an existing non-empty folder unless ``force`` (called before any work)."""
+    """Refuse an existing non-empty folder unless ``force`` (called before any work).
+
+    Also refused: a file (or a link to one) at ``path``, always; a dangling symbolic link,
+    unless ``force``. Whether the folder holds an input of the command is the caller's
+    check (:func:`diffractive._io.refuse_overwriting_inputs`).
+    """
     path = Path(path)
-    if path.exists():
+    if os.path.lexists(path) and not path.exists():
+        if not force:
+            raise OutputExists(path, "is a dangling symbolic link", {"force": "replace it"})
+    elif path.exists():
         if not path.is_dir():
             raise OutputExists(path, "exists and is not a folder", {})
         if any(path.iterdir()) and not force:
@@ -240,27 +255,44 @@ def write_report(ev, path, *, scan=None, detectors=None, force=False) -> list:
         if scan is not None and ev.registration is not None and detectors is not None:
             scan_figure(ev, scan, detectors, tmp / "scan.png")
             figures.append(("scan.png", "Scans with the registered detectors"))
-        (tmp / "evaluation.json").write_text(json.dumps(ev.to_json(), indent=1) + "\n")
-        if ev.gain_fit is not None:
-            g = ev.calibration["fitted_gains"]
+        (tmp / "evaluation.json").write_text(json.dumps(ev.to_json(), indent=1, allow_nan=False) + "\n")
+        g = ev.calibration.get("fitted_gains") if ev.gain_fit is not None else None
+        if g is not None and _usable_gains(g["gains"]):
             (tmp / "gains.json").write_text(json.dumps({"gains": [1.0 if v is None else v for v in g["gains"]],
                                                         "stderr": g["stderr"], "scale": g["scale"],
-                                                        "fitted_on": ev.source}, indent=1) + "\n")
+                                                        "fitted_on": ev.source}, indent=1, allow_nan=False) + "\n")
         (tmp / "report.md").write_text(markdown(ev, figures))
         (tmp / "index.html").write_text(html_page(ev, figures))
         os.chmod(tmp, 0o755)
-        if path.exists():
-            if any(path.iterdir()):
-                old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
-                os.replace(path, old / "x")
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rmdir(path)
-                os.replace(tmp, path)
-        else:
-            os.replace(tmp, path)
+        _swap_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return sorted(p.name for p in path.iterdir())
+
+
+def _usable_gains(gains) -> bool:
+    """True when fitted ``gains`` (None where not fitted) can be a calibration file: some fitted, all positive."""
+    fitted = [v for v in gains if v is not None]
+    return bool(fitted) and all(v > 0 for v in fitted)
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``path``; what was at ``path`` is removed only once
+    the new folder is in place (and put back if the rename fails)."""
+    if not os.path.lexists(path):
+        os.replace(tmp, path)
+        return
+    if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+        os.rmdir(path)
+        os.replace(tmp, path)
+        return
+    old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+    os.replace(path, old / "x")  # a symbolic link is moved itself; what it points to is never touched
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old / "x", path)
+        os.rmdir(old)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

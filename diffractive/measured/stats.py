@@ -90,10 +90,16 @@ def power_distribution(powers, labels, n_classes: int) -> np.ndarray:
     return out
 
 
+def _rows_to_unit_max(a) -> np.ndarray:
+    """``a`` (N, K) with each row divided by its largest magnitude (rows of zeros left as they are)."""
+    top = np.abs(a).max(axis=1, keepdims=True) if a.size else np.ones((len(a), 1))
+    return a / np.where(top > 0, top, 1.0)
+
+
 def row_correlation(a, b) -> np.ndarray:
     """Pearson correlation (N,) of each row of ``a`` (N, K) with the same row of ``b`` (N, K) (NaN if constant)."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
+    a = _rows_to_unit_max(np.asarray(a, dtype=np.float64))  # the correlation does not change; squares
+    b = _rows_to_unit_max(np.asarray(b, dtype=np.float64))  # of huge or subnormal readings then cannot overflow/underflow
     a = a - a.mean(axis=1, keepdims=True)
     b = b - b.mean(axis=1, keepdims=True)
     den = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
