@@ -70,6 +70,8 @@ def fabrication_settings(design, *, material: Material | None = None, z_step_m=N
 
 def _check_target(out: Path, force: bool):
     try:
+        if out.is_symlink() and not out.exists():
+            raise FabricationError(f"{out} is a dangling symbolic link; remove it or choose another output folder")
         if out.exists() and not out.is_dir():
             raise FabricationError(f"{out} exists and is not a directory")
         if out.is_dir() and any(out.iterdir()) and not force:

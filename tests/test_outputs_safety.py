@@ -305,3 +305,13 @@ def test_a_failed_tolerance_report_leaves_nothing_behind(capsys, tree, monkeypat
         main([str(a) for a in argv] + ["--force"])
     capsys.readouterr()
     assert snapshot(rep) == old and not _leftovers(tree)  # the old report and the user's file untouched
+
+
+def test_export_refuses_a_dangling_link_before_any_work(capsys, tree):
+    shutil.rmtree(tree / "design" / "tolerance")  # its stub report is refused by export, before the target is
+    link = tree / "stl"
+    link.symlink_to(tree / "gone")
+    before = snapshot(tree)
+    err = refused(capsys, "export", tree / "design", "--out", link, "--force", "--verify", "no", "--quiet")
+    assert "stl is a dangling symbolic link" in err
+    assert snapshot(tree) == before and os.path.islink(link) and not (tree / "gone").exists()
