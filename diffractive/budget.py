@@ -249,20 +249,23 @@ def load_budget(name_or_path) -> ErrorBudget:
     """A shipped budget by name (``holder``, ``hand``) or a budget TOML file by path.
 
     Raises :class:`D2NNError` with one line naming the file and key for anything malformed.
+    The file is read through :func:`diffractive._read.read_toml` (a folder, a FIFO, gzip or
+    non-UTF-8 bytes, invalid TOML: an :class:`~diffractive._read.InputFileError` naming it).
     """
-    import tomllib  # noqa: PLC0415
+    from ._read import read_toml  # noqa: PLC0415
 
     text = str(name_or_path)
-    path = BUDGET_DIR / f"{text}.toml" if text in budget_names() else Path(text)
-    if not path.is_file():
-        raise D2NNError(f"budget {text!r} is neither a shipped budget ({', '.join(budget_names())}) nor a file")
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise D2NNError(f"{path}: cannot read budget: {e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise D2NNError(f"{path}: not valid TOML: {e}") from None
-    return parse_budget(doc, str(path))
+    if text in budget_names():
+        path = BUDGET_DIR / f"{text}.toml"
+    else:
+        path = Path(text)
+        try:
+            absent = not path.exists() and not path.is_symlink()
+        except (OSError, ValueError):  # a name the system cannot look up (a NUL byte, too long)
+            absent = True
+        if absent:
+            raise D2NNError(f"budget {text!r} is neither a shipped budget ({', '.join(budget_names())}) nor a file")
+    return parse_budget(read_toml(path), str(path))
 
 
 __all__ = ["BUDGET_DIR", "DISTRIBUTIONS", "Distribution", "EMPTY", "ErrorBudget", "KINDS", "Kind", "budget_names",

@@ -64,27 +64,45 @@ def material_from_dict(doc: dict, source: str = "material") -> Material:
     missing = [k for k in ("n", "kappa") if k not in doc]
     if missing:
         raise FabricationError(f"{source}: missing {', '.join(missing)}")
-    try:
-        return Material(name=str(doc.get("name", "custom")), n=doc["n"], kappa=doc["kappa"],
-                        wavelength_m=doc.get("wavelength_m"), source=str(doc.get("source", "")),
-                        assumption=str(doc.get("assumption", "")))
+    try:  # the values go to Material as they are: it checks their types (a name must be a string)
+        return Material(name=doc.get("name", "custom"), n=doc["n"], kappa=doc["kappa"],
+                        wavelength_m=doc.get("wavelength_m"), source=doc.get("source", ""),
+                        assumption=doc.get("assumption", ""))
     except FieldError as e:
         raise FabricationError(f"{source}: {_worded(e)}") from None
 
 
+#: The keys a material file may hold (at top level or in a ``[material]`` table).
+MATERIAL_FILE_KEYS = ("name", "n", "kappa", "wavelength_m", "source", "assumption")
+
+
 def load_material_file(path) -> Material:
-    """Read a user material from a TOML file (see the module docstring for the keys)."""
-    import tomllib  # noqa: PLC0415
+    """Read a user material from a TOML file (see the module docstring for the keys).
+
+    Read through :func:`diffractive._read.read_toml`: a folder, a FIFO, gzip or non-UTF-8
+    bytes and invalid TOML are refused in one line naming the file, as are unknown keys
+    and values of the wrong type (naming the key).
+    """
+    from diffractive._read import InputFileError, read_toml  # noqa: PLC0415
 
     path = Path(path)
-    if not path.is_file():
-        raise FabricationError(f"{path}: material file not found")
     try:
-        doc = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise FabricationError(f"{path}: not valid TOML ({e})") from None
-    if "material" in doc and isinstance(doc["material"], dict):
+        doc = read_toml(path)
+    except InputFileError as e:
+        if e.problem == "no such file":
+            raise FabricationError(f"{path}: material file not found") from None
+        raise FabricationError(str(e)) from None
+    if "material" in doc:
+        if not isinstance(doc["material"], dict):
+            raise FabricationError(f"{path}: 'material' must be a table ([material]) holding name, n and kappa")
+        if len(doc) > 1:
+            raise FabricationError(f"{path}: give the material's keys at top level or in [material], not both "
+                                   f"(also at top level: {', '.join(sorted(k for k in doc if k != 'material'))})")
         doc = doc["material"]
+    unknown = sorted(set(doc) - set(MATERIAL_FILE_KEYS))
+    if unknown:
+        raise FabricationError(f"{path}: unknown key {unknown[0]!r} (a material file holds "
+                               f"{', '.join(MATERIAL_FILE_KEYS)})")
     doc.setdefault("name", path.stem)
     doc.setdefault("source", f"user file {path.name}")
     return material_from_dict(doc, source=str(path))

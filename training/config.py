@@ -7,16 +7,25 @@ their defaults are the dataclasses below; docs/training.md lists them.
 Rules other than backprop add their own sub-table under ``[trainer]`` (e.g.
 ``[trainer.es]``); :data:`RULE_OPTIONS` (the registry :data:`training.rules.options.RULES`)
 maps a rule name to the dataclass that validates it.
+
+The file is read through :func:`diffractive._read.read_toml` (a folder, a FIFO, gzip or
+non-UTF-8 bytes, invalid TOML: one line naming the file). Beyond its type, every value is
+checked against the bounds below (:data:`MAXIMA`, :data:`MAX_LENGTH_M`, :data:`LISTS`,
+:data:`SEEDS`): numbers must be finite (TOML allows ``nan`` and ``inf``; no key takes
+them), booleans are not integers, and lists have the length and element type their key
+needs. The bounds are generous for real experiments and are there so that a typo
+(``learning_rate = 5e3``, ``layer_shape = [200000, 200000]``) is refused with its reason
+instead of exhausting memory, overflowing the optimiser or training a chance-level design.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diffractive._read import InputFileError, read_toml
 from diffractive.errors import D2NNError, FieldError
 from diffractive.materials import LIN2018, Material
 
@@ -167,14 +176,121 @@ POSITIVE = {"wavelength_m", "pitch_m", "distance_m", "n_layers", "phase_scale", 
             "learning_rate", "temperature", "checkpoint_every", "max_loss", "step_every", "step_gamma",
             "val_fraction", "z_step_m", "size_m", "spacing_m", "train_limit", "val_limit", "workers"}
 
+NON_NEGATIVE = {"base_m", "kappa", "smoothness"}
+
 # rule name -> class of its options ([trainer.<rule>]): the one registry, training/rules/options.py
 RULE_OPTIONS: dict[str, type] = RULES
+
+#: The largest learning rate accepted: 2 pi. Phases are radians and every rule's optimiser
+#: (Adam, for backprop, DFA, HSIC, PAT, ES and SPSA) moves each phase by about
+#: ``learning_rate`` radians per step, so a step of a full turn or more per iteration only
+#: scrambles the phases: such runs "succeed" at chance accuracy (1e6 did), and from about
+#: 1e38 Adam's step overflows float32. The shipped configs use 0.002 to 0.1.
+MAX_LEARNING_RATE = 2 * math.pi
+#: Every length (keys ending ``_m``, and their lists) must be below 10 m: a THz bench is
+#: well under a metre, and 6e+3 for 6e-3 is a typo, not a geometry.
+MAX_LENGTH_M = 10.0
+#: Pixels along one axis of a layer (Lin 2018: 200), of the simulation window, and the
+#: most layers and trained values (n_layers x ny x nx, 512 MB of float32) a config may ask for.
+MAX_LAYER_PIXELS = 8192
+MAX_WINDOW_PIXELS = 4 * MAX_LAYER_PIXELS
+MAX_LAYERS = 64
+MAX_PARAMETERS = 2 ** 27
+#: Seeds are integers from 0 (NumPy refuses negative seeds) to 2**63 - 1 (torch's limit is 2**64 - 1).
+MAX_SEED = 2 ** 63 - 1
+SEEDS = {"seed", "split_seed", "feedback_seed", "mismatch_seed"}
+#: key -> (largest value, why); keys of the rules' tables included.
+MAXIMA = {
+    "learning_rate": (MAX_LEARNING_RATE, "phases are radians: a larger step per iteration only scrambles them"),
+    "phase_scale": (2 * math.pi, "a phase encoding beyond a full turn wraps onto itself"),
+    "step_gamma": (1.0, "the step schedule decays the learning rate; a factor above 1 would grow it without bound"),
+    "n_layers": (MAX_LAYERS, "more plates than any stack a lab can align"),
+    "epochs": (100_000, "a typo rather than a run"),
+    "batch_size": (65_536, "a typo rather than a batch"),
+    "workers": (1024, "more threads than any machine here has cores"),
+    "val_draws": (1000, "each draw is a full validation pass every epoch"),
+    "feature_px": (MAX_LAYER_PIXELS, "larger than any layer"),
+    "block": (MAX_LAYER_PIXELS, "larger than any layer"),
+    "pool": (MAX_LAYER_PIXELS, "larger than any layer"),
+    "pairs": (65_536, "each pair is two forward passes per step"),
+    "population": (65_536, "each individual is a forward pass per step"),
+    "parents": (65_536, "at most the population"),
+    "averages": (65_536, "each average is two forward passes per step"),
+    "n": (10.0, "no printable material has a terahertz refractive index near that (silicon: 3.42)"),
+    "kappa": (10.0, "a plate with that extinction transmits nothing"),
+    "shift_std_px": (MAX_LAYER_PIXELS, "larger than any layer"),
+}
+#: (table, key) -> (element kind, exact length or None): what each list must hold.
+#: Kinds: "pixels" (integers 1..MAX_LAYER_PIXELS), "window" (1..MAX_WINDOW_PIXELS), "length"
+#: (numbers in metres, > 0), "offset_m" (finite numbers in metres, any sign), "pair_px"
+#: ([dy, dx] pixel shifts).
+LISTS = {
+    ("geometry", "layer_shape"): ("pixels", 2),
+    ("geometry", "window_shape"): ("window", 2),
+    ("geometry", "distances_m"): ("length", None),
+    ("input", "size_yx_m"): ("length", 2),
+    ("trainer.pat", "shift_px"): ("pair_px", None),
+    ("trainer.pat", "distance_error_m"): ("offset_m", None),
+}
 
 
 _TYPE_WORDS = {int: "an integer", bool: "true or false", str: "a string", list: "a list", dict: "a table"}
 
 
-def _check_value(where, key, value, annotation):
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_number(where, key, value):
+    """Range checks of one number (already of the right type) of ``key``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: '{key}' must be a finite number, got {value!r}")
+    if key in POSITIVE and value <= 0:
+        raise ConfigError(f"{where}: '{key}' must be positive, got {value!r}")
+    if key in NON_NEGATIVE and value < 0:
+        raise ConfigError(f"{where}: '{key}' must not be negative, got {value!r}")
+    if key in SEEDS and not (0 <= value <= MAX_SEED):
+        raise ConfigError(f"{where}: '{key}' must be a seed from 0 to 2**63 - 1, got {value!r}")
+    if key.endswith("_m") and abs(value) >= MAX_LENGTH_M:
+        raise ConfigError(f"{where}: '{key}' must be below {MAX_LENGTH_M:g} m (lengths are in metres), got {value!r}")
+    if key in MAXIMA and value > MAXIMA[key][0]:
+        bound, why = MAXIMA[key]
+        raise ConfigError(f"{where}: '{key}' must be at most {bound:.6g} ({why}), got {value!r}")
+
+
+def _check_list(where, key, value, spec):
+    """``value`` (a list) of ``key`` checked against its :data:`LISTS` entry."""
+    kind, length = spec
+    if length is not None and len(value) != length:
+        raise ConfigError(f"{where}: '{key}' must hold {length} values, got {len(value)}: {value!r}"[:300])
+    if len(value) > MAX_LAYERS + 1:
+        raise ConfigError(f"{where}: '{key}' holds {len(value)} values, more than any stack needs")
+    out = []
+    for i, v in enumerate(value):
+        item = f"'{key}[{i}]'"
+        if kind in ("pixels", "window"):
+            top = MAX_LAYER_PIXELS if kind == "pixels" else MAX_WINDOW_PIXELS
+            if isinstance(v, bool) or not isinstance(v, int) or not (1 <= v <= top):
+                raise ConfigError(f"{where}: {item} must be a whole number of pixels from 1 to {top}, got {v!r}")
+        elif kind == "pair_px":
+            if not (isinstance(v, list) and len(v) == 2 and all(_is_number(a) and math.isfinite(a)
+                                                               and abs(a) <= MAX_LAYER_PIXELS for a in v)):
+                raise ConfigError(f"{where}: {item} must be a [dy, dx] pair of finite pixel shifts "
+                                  f"(at most {MAX_LAYER_PIXELS}), got {v!r}")
+            v = [float(a) for a in v]
+        else:
+            if not _is_number(v) or not math.isfinite(v):
+                raise ConfigError(f"{where}: {item} must be a finite number of metres, got {v!r}")
+            if kind == "length" and v <= 0:
+                raise ConfigError(f"{where}: {item} must be positive, got {v!r}")
+            if abs(v) >= MAX_LENGTH_M:
+                raise ConfigError(f"{where}: {item} must be below {MAX_LENGTH_M:g} m (lengths are in metres), got {v!r}")
+            v = float(v)
+        out.append(v)
+    return out
+
+
+def _check_value(where, key, value, annotation, table=""):
     origin = typing.get_origin(annotation)
     optional = origin is typing.Union and type(None) in typing.get_args(annotation)
     base = [a for a in typing.get_args(annotation) if a is not type(None)][0] if optional else annotation
@@ -183,17 +299,22 @@ def _check_value(where, key, value, annotation):
             return None
         raise ConfigError(f"{where}: '{key}' must not be empty")
     if base is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
+        if not _is_number(value) or not math.isfinite(value):
+            raise ConfigError(f"{where}: '{key}' must be a finite number, got {value!r}"[:300])
         value = float(value)
     elif base in _TYPE_WORDS and (not isinstance(value, base) or (base is int and isinstance(value, bool))):
-        raise ConfigError(f"{where}: '{key}' must be {_TYPE_WORDS[base]}, got {value!r}")
-    if key in POSITIVE and isinstance(value, (int, float)) and value <= 0:
-        raise ConfigError(f"{where}: '{key}' must be positive, got {value!r}")
+        raise ConfigError(f"{where}: '{key}' must be {_TYPE_WORDS[base]}, got {value!r}"[:300])
+    if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ConfigError(f"{where}: '{key}' must not hold control characters (a newline, a NUL), got {value!r}"[:300])
+    if _is_number(value):
+        _check_number(where, key, value)
+    if isinstance(value, list) and (table, key) in LISTS:
+        value = _check_list(where, key, value, LISTS[(table, key)])
     return value
 
 
-def _build(cls, table: dict, where: str):
+def _build(cls, table: dict, where: str, name: str = ""):
+    """``cls`` built from the TOML table ``table`` (the config's ``[name]``), each key checked."""
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -203,7 +324,7 @@ def _build(cls, table: dict, where: str):
         if key not in fields or key in ("options", "source"):
             known = ", ".join(k for k in fields if k not in ("options", "source"))
             raise ConfigError(f"{where}: unknown key '{key}' (known keys: {known})")
-        kwargs[key] = _check_value(where, key, value, hints[key])
+        kwargs[key] = _check_value(where, key, value, hints[key], name)
     return cls(**kwargs)
 
 
@@ -215,9 +336,9 @@ def parse_config(doc: dict, source: str = "<config>") -> Config:
     kwargs = {}
     for key, value in doc.items():
         if key == "name":
-            if not isinstance(value, str) or not value:
+            if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"{source}: 'name' must be a non-empty string")
-            kwargs["name"] = value
+            kwargs["name"] = _check_value(source, "name", value, str)
             continue
         if key not in sections:
             raise ConfigError(f"{source}: unknown table '[{key}]' (known: {', '.join(sections)}, name)")
@@ -227,7 +348,7 @@ def parse_config(doc: dict, source: str = "<config>") -> Config:
             for rule in list(RULE_OPTIONS):
                 if isinstance(table.get(rule), dict):
                     options[rule] = table.pop(rule)
-        kwargs[key] = _build(sections[key], table, f"{source} [{key}]")
+        kwargs[key] = _build(sections[key], table, f"{source} [{key}]", key)
         if key == "trainer":
             kwargs[key].options = options
     cfg = Config(**kwargs, source=source)
@@ -243,7 +364,8 @@ def parse_config(doc: dict, source: str = "<config>") -> Config:
             raise ConfigError(f"{source}: table [trainer.{name}] given but rule = {rule!r}")
     opts_cls = RULE_OPTIONS[rule]
     if dataclasses.is_dataclass(opts_cls):
-        cfg.trainer.options = _build(opts_cls, cfg.trainer.options.get(rule, {}), f"{source} [trainer.{rule}]")
+        cfg.trainer.options = _build(opts_cls, cfg.trainer.options.get(rule, {}), f"{source} [trainer.{rule}]",
+                                     f"trainer.{rule}")
         problem = cfg.trainer.options.validate(cfg) if hasattr(cfg.trainer.options, "validate") else None
         if problem:
             raise ConfigError(f"{source} [trainer.{rule}]: {problem}")
@@ -256,6 +378,10 @@ def parse_config(doc: dict, source: str = "<config>") -> Config:
     g = cfg.geometry
     if g.distances_m is not None and len(g.distances_m) != g.n_layers + 1:
         raise ConfigError(f"{source} [geometry]: 'distances_m' must hold n_layers + 1 = {g.n_layers + 1} values")
+    n_values = g.n_layers * g.layer_shape[0] * g.layer_shape[1]
+    if n_values > MAX_PARAMETERS:
+        raise ConfigError(f"{source} [geometry]: n_layers x layer_shape = {g.n_layers} x {g.layer_shape} is "
+                          f"{n_values:,} trained values, more than the {MAX_PARAMETERS:,} accepted")
     if not (0 < cfg.data.val_fraction < 1):
         raise ConfigError(f"{source} [data]: 'val_fraction' must lie between 0 and 1, got {cfg.data.val_fraction}")
     try:  # the material's rules (n > 1, kappa >= 0) are the core's, checked once there
@@ -280,12 +406,12 @@ def parse_config(doc: dict, source: str = "<config>") -> Config:
 
 
 def load_config(path) -> Config:
-    """Read and validate a TOML config file."""
+    """Read and validate a TOML config file (through :func:`diffractive._read.read_toml`)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
     try:
-        doc = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        doc = read_toml(path)
+    except InputFileError as e:
+        if e.problem == "no such file":
+            raise ConfigError(f"{path}: no such config file") from None
+        raise ConfigError(str(e)) from None
     return parse_config(doc, source=str(path))

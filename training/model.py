@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from diffractive.backend import get_array_module
-from diffractive.design import Design, DesignError, load_design, make_design
+from diffractive.design import Design, load_design, make_design
 from diffractive.detectors import detector_masks, score_matrix
 from diffractive.errors import D2NNError
 from diffractive.materials import Fabrication, Material
@@ -36,22 +36,33 @@ def design_from_config(cfg, phases=None) -> Design:
     n_classes = 10
     start = None
     if phases is None and cfg.model.init_from is not None:
+        where = f"{cfg.source} [model] init_from = {cfg.model.init_from!r}"
         try:
             start = load_design(cfg.resolve_path(cfg.model.init_from))
-        except DesignError as e:
+        except D2NNError as e:  # DesignError, or the reading layer's InputFileError
             raise ConfigError(f"{cfg.source} [model] init_from: {e}") from None
         phases = start.phases
+        want = (g.n_layers,) + tuple(g.layer_shape)
+        if tuple(np.shape(phases)) != want:  # said in the config's terms, before make_design sees the phases
+            got = np.shape(phases)
+            raise ConfigError(f"{where}: that design has {got[0]} layers of {got[1]} x {got[2]} pixels, the config "
+                              f"asks for {want[0]} of {want[1]} x {want[2]} ([geometry] n_layers, layer_shape); "
+                              "fine-tuning needs the same geometry")
     elif phases is None and cfg.model.init == "zeros":
         phases = np.zeros((g.n_layers,) + tuple(g.layer_shape), dtype=np.float32)
-    design = make_design(
-        wavelength_m=g.wavelength_m, pitch_m=g.pitch_m, layer_shape=tuple(g.layer_shape), n_layers=g.n_layers,
-        spacing_m=g.distance_m, distances_m=g.distances_m,
-        window_shape=None if g.window_shape is None else tuple(g.window_shape),
-        encoding=inp.encoding, input_size_yx_m=inp.size_yx_m, phase_scale=inp.phase_scale, detectors=det.layout,
-        detector_size_m=det.size_m, detector_spacing_m=det.spacing_m, n_classes=n_classes,
-        material=Material(cfg.material.name, cfg.material.n, cfg.material.kappa),
-        fabrication=Fabrication(cfg.fabrication.base_m, cfg.fabrication.z_step_m),
-        phases=phases, seed=cfg.trainer.seed)
+    try:
+        design = make_design(
+            wavelength_m=g.wavelength_m, pitch_m=g.pitch_m, layer_shape=tuple(g.layer_shape), n_layers=g.n_layers,
+            spacing_m=g.distance_m, distances_m=g.distances_m,
+            window_shape=None if g.window_shape is None else tuple(g.window_shape),
+            encoding=inp.encoding, input_size_yx_m=inp.size_yx_m, phase_scale=inp.phase_scale, detectors=det.layout,
+            detector_size_m=det.size_m, detector_spacing_m=det.spacing_m, n_classes=n_classes,
+            material=Material(cfg.material.name, cfg.material.n, cfg.material.kappa),
+            fabrication=Fabrication(cfg.fabrication.base_m, cfg.fabrication.z_step_m),
+            phases=phases, seed=cfg.trainer.seed)
+    except D2NNError as e:  # a combination of values no design can have (detectors off the plane, ...)
+        raise ConfigError(f"{cfg.source} [{_table_of(e)}]: the design this config describes is invalid: "
+                          f"{e}") from None
     if start is not None:
         _check_same_geometry(design, start, f"{cfg.source} [model] init_from = {cfg.model.init_from!r}")
         design = dataclasses.replace(
@@ -59,6 +70,19 @@ def design_from_config(cfg, phases=None) -> Design:
             provenance={**design.provenance, "init_from": {"path": cfg.model.init_from,
                                                            "provenance": start.provenance, "metrics": start.metrics}})
     return design
+
+
+#: design field (its first name) -> the config table that sets it, for messages
+_TABLE_OF_FIELD = {"input": "input", "size_yx_m": "input", "phase_scale": "input", "encoding": "input",
+                   "detectors": "detectors", "material": "material", "n": "material", "kappa": "material",
+                   "fabrication": "fabrication", "base_m": "fabrication", "z_step_m": "fabrication"}
+
+
+def _table_of(e) -> str:
+    """The config table a design-building error is about (``geometry`` unless it names another)."""
+    field_name = getattr(e, "field", "") or ""
+    head = field_name.replace("[", ".").split(".")[0]
+    return _TABLE_OF_FIELD.get(head, "geometry")
 
 
 def _check_same_geometry(design: Design, start: Design, where: str):

@@ -9,7 +9,11 @@ def register(sub):
     p = sub.add_parser("train", help="train a design from a TOML config",
                        description="Train a diffractive network described by CONFIG.toml and write a design folder "
                                    "(design.json, phases.npz, metrics.json, metrics.csv, figures/) to --out. "
-                                   "Checkpoints go to OUT/checkpoints/; --resume continues an interrupted run.")
+                                   "Checkpoints go to OUT/checkpoints/; --resume continues an interrupted run. "
+                                   "Started by torchrun (torchrun --nproc-per-node N -m d2nn train ...), it trains "
+                                   "across the N processes: backprop and pat data parallel (trainer.batch_size is "
+                                   "the global batch), es and ga by population; rank 0 alone writes OUT "
+                                   "(docs/training.md).")
     p.add_argument("config", help="TOML config (see designs/*.toml and docs/training.md)")
     p.add_argument("--out", required=True, help="design folder to write")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
@@ -39,6 +43,15 @@ def run(args) -> int:
         if not torch.cuda.is_available() or not cupy_available():
             raise UserError("--device cuda needs CUDA torch and CuPy with a GPU (pip install 'd2nn[gpu]'); "
                             "use --device cpu")
-    trainer = Trainer(cfg, args.out, resume=args.resume, force=args.force, device=args.device)
-    trainer.run()
+    import torch.distributed as dist  # noqa: PLC0415
+
+    try:
+        # under torchrun the Trainer joins the job's process group (training.rules.distributed)
+        trainer = Trainer(cfg, args.out, resume=args.resume, force=args.force, device=args.device)
+        trainer.run()
+    finally:
+        # leave the group on success and on failure alike: a rank that stops closes its
+        # connections, so the others fail at their next collective instead of waiting for it
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     return 0

@@ -109,7 +109,14 @@ class GARule(MeasuringRule):
         return {**self._base_state(), "theta0": self.theta0.copy(), "parents": np.stack(self.parents),
                 "genomes": [list(g) for g in self.genomes]}
 
+    GROWING_STATE = ("parents",)  # one parent at the start, up to ``parents`` after a generation
+
     def load_state_dict(self, s):
+        if not 1 <= len(s["parents"]) <= self.opts.parents:
+            from diffractive.errors import D2NNError  # noqa: PLC0415
+
+            raise D2NNError(f"checkpoint field 'rule.parents' holds {len(s['parents'])} parents; "
+                                f"this run keeps 1 to {self.opts.parents}")
         self._load_base_state(s)
         self.theta0 = np.asarray(s["theta0"], dtype=np.float32).copy()
         self.parents = [np.asarray(p, dtype=np.float32).copy() for p in s["parents"]]
