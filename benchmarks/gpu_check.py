@@ -27,12 +27,16 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from diffractive.design import make_design
 from training.model import D2NN, detector_loss
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_step import training_step  # noqa: E402
 
 LIN = dict(layer_shape=(200, 200), n_layers=5, spacing_m=30e-3, window_shape=(400, 400))
 
@@ -80,11 +84,7 @@ def training_rate(device, batch, steps) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        inten = model(images)
-        loss, _ = detector_loss(model.readout(inten), inten, labels, model.score_matrix)
-        loss.backward()
-        opt.step()
+        training_step(model, opt, images, labels)
 
     for _ in range(2):
         step()

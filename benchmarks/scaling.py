@@ -44,11 +44,12 @@ def worker(size: int, layers: int, batch: int, steps: int) -> dict:
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from propagation import FFTOnly  # noqa: PLC0415
+    from train_step import training_step  # noqa: PLC0415
 
     from diffractive.backend import cpu_workers  # noqa: PLC0415
     from diffractive.convolution import run_chunks  # noqa: PLC0415
     from diffractive.design import make_design  # noqa: PLC0415
-    from training.model import D2NN, detector_loss  # noqa: PLC0415
+    from training.model import D2NN  # noqa: PLC0415
 
     base_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers = cpu_workers()
@@ -61,11 +62,7 @@ def worker(size: int, layers: int, batch: int, steps: int) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        inten = model(images)
-        loss, _ = detector_loss(model.readout(inten), inten, labels, model.score_matrix)
-        loss.backward()
-        opt.step()
+        training_step(model, opt, images, labels)
 
     pairs = 2 * layers + 1
     fields = (rng.standard_normal((batch, size, size)) + 1j * rng.standard_normal((batch, size, size))

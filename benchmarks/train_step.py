@@ -27,6 +27,18 @@ from pathlib import Path
 TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 
 
+def training_step(model, opt, images, labels, intensity=None):
+    """One backprop step: ``intensity()`` (default ``model(images)``), cross-entropy on the
+    detector powers, backward, ``opt.step()``. Shared by the training benchmarks."""
+    from training.model import detector_loss  # noqa: PLC0415
+
+    opt.zero_grad(set_to_none=True)
+    inten = model(images) if intensity is None else intensity()
+    loss, _ = detector_loss(model.readout(inten), inten, labels, model.score_matrix)
+    loss.backward()
+    opt.step()
+
+
 def worker(impl: str, window: int, steps: int, batch: int) -> dict:
     """Time ``steps`` training steps of ``impl`` ("bridge" or "torch") at the Lin geometry with a
     ``window`` x ``window`` FFT window; returns samples/s, the median step (s) and peak RSS (MB)."""
@@ -34,7 +46,7 @@ def worker(impl: str, window: int, steps: int, batch: int) -> dict:
     import torch
 
     from diffractive.design import make_design
-    from training.model import D2NN, detector_loss
+    from training.model import D2NN
     from training.reference import TorchFFTStack
 
     design = make_design(layer_shape=(200, 200), n_layers=5, spacing_m=30e-3, window_shape=(window, window))
@@ -54,11 +66,7 @@ def worker(impl: str, window: int, steps: int, batch: int) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        inten = intensity()
-        loss, _ = detector_loss(model.readout(inten), inten, labels, model.score_matrix)
-        loss.backward()
-        opt.step()
+        training_step(model, opt, images, labels, intensity)
 
     for _ in range(2):
         step()
