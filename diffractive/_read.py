@@ -264,7 +264,7 @@ def read_toml(path, *, max_bytes: int = MAX_TEXT_BYTES) -> dict:
 
 # -- .npz archives ----------------------------------------------------------------------
 
-def _member_header(zf: zipfile.ZipFile, member: str):
+def _member_header(path, zf: zipfile.ZipFile, member: str):
     """(shape, dtype) declared by the .npy header of ``member``, read without loading the data."""
     with zf.open(member) as f:
         version = np.lib.format.read_magic(f)
@@ -273,7 +273,9 @@ def _member_header(zf: zipfile.ZipFile, member: str):
         elif version in ((2, 0), (3, 0)):
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         else:
-            raise ValueError(f"unsupported .npy version {version}")
+            where = member[:-4] if member.endswith(".npy") else member
+            raise InputFileError(path, f"is not a readable .npz archive (unsupported .npy version {version})",
+                                 where=where)
     return shape, dtype
 
 
@@ -315,7 +317,7 @@ def read_npz(path, *, kinds: str = "fiucb", max_array_bytes: int = MAX_ARRAY_BYT
                 if shapes is not None and name not in shapes:
                     raise InputFileError(path, "is not an array this file may hold (expected "
                                                f"{' and/or '.join(map(repr, shapes))})", where=name)
-                shape, dtype = _member_header(zf, member)
+                shape, dtype = _member_header(path, zf, member)
                 if shapes is not None and tuple(shape) != tuple(shapes[name]):
                     raise InputFileError(path, f"has shape {tuple(shape)}, expected {tuple(shapes[name])}", where=name)
                 if dtype.hasobject or dtype.kind not in kinds:

@@ -791,7 +791,7 @@ class Trainer:
         """
         if shard and self.comm.world > 1:
             if keep_mean_intensity:
-                raise ValueError("evaluate: keep_mean_intensity needs the whole split (shard=False)")
+                raise TrainingError("evaluate: keep_mean_intensity needs the whole split (shard=False)")
             lo, hi = self.comm.span(len(y))
             part = self.evaluate(x[lo:hi], y[lo:hi], batch_size)
             n = hi - lo
