@@ -20,7 +20,7 @@ import sys
 
 from diffractive import __version__
 
-COMMANDS = ["train", "simulate", "tolerance", "export", "evaluate", "measure_sim"]
+COMMANDS = ["train", "simulate", "tolerance", "export", "evaluate", "measure_sim", "diagnose"]
 
 #: library parameter -> the option of a command that sets it (used to word OutputExists)
 _FLAGS = {"overwrite": "force", "force": "force", "resume": "resume"}

@@ -2,7 +2,7 @@
 or interrupted write leaves nothing half-written (issue 17).
 
 For each command with an output (evaluate --report, measure-sim --out, export --out,
-tolerance --report), pointing the output at its own input folder or file -- directly or
+tolerance --report, diagnose --report), pointing the output at its own input folder or file -- directly or
 through a symbolic link -- with --force exits 2 with one line and leaves every input byte
 for byte as it was. measure-sim refuses a dangling symbolic link without --force and a
 folder always, before any work; its files, the evaluation report and the tolerance report
@@ -20,7 +20,8 @@ from d2nn.cli import build_parser, main
 from diffractive.design import save_design
 
 #: the commands with an output option, and which option (train's --out is checked by training's tests)
-OUTPUTS = {"evaluate": "report", "measure-sim": "out", "export": "out", "tolerance": "report", "train": "out"}
+OUTPUTS = {"evaluate": "report", "measure-sim": "out", "export": "out", "tolerance": "report", "train": "out",
+           "diagnose": "report"}
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +100,7 @@ def _cases(t):
     ms = ["measure-sim", design, "--dataset", "digits", "--samples", "2", "--force"]
     tol = ["tolerance", design, "--dataset", "digits", "--samples", "5", "--draws", "1", "--kinds", "none",
            "--force", "--quiet"]
+    dg = ["diagnose", design, "--measured", lab / "lab.csv", "--dataset", "digits", "--force", "--quiet"]
     return [
         (ev + ["--report", design], "design.json"),
         (ev + ["--report", t / "to_design"], "design.json"),
@@ -119,6 +121,10 @@ def _cases(t):
         (tol + ["--report", design], "design.json"),
         (tol + ["--report", t / "to_design"], "design.json"),
         (tol + ["--report", lab, "--budget", lab / "budget.toml"], "budget.toml"),
+        (dg + ["--report", design], "design.json"),
+        (dg + ["--report", lab], "lab.csv"),
+        (dg + ["--report", lab / "lab.csv"], "lab.csv"),
+        (dg + ["--report", lab, "--background", lab / "lab-dark.csv", "--budget", lab / "budget.toml"], "lab.csv"),
     ]
 
 
@@ -129,7 +135,7 @@ def test_no_command_writes_over_its_own_inputs_even_with_force(capsys, tree):
         err = refused(capsys, *argv)
         assert "an input of this command" in err and named in err, (argv, err)
         assert snapshot(tree) == before, argv  # every input, every byte; nothing added
-    assert len(cases) == 17
+    assert len(cases) == 21
 
 
 def test_measure_sim_may_replace_a_file_that_is_not_its_input(capsys, tree):
