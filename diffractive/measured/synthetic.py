@@ -18,10 +18,14 @@ What it models, all optional and seeded:
 * **Misalignment of the detector plane / scanner frame.** The detectors (or the scan
   grid) sit at design-frame points ``r = offset + scale * R(rotation) @ x`` instead of
   ``x`` — the transform of :class:`diffractive.measured.registration.Registration`, which
-  is what registration recovers. The complex output field is sampled there by
-  band-limited (trigonometric) interpolation of the field zero-padded to twice its size
-  (separable points; exact at whole-pixel offsets), or, for rotated points, by cubic
-  splines on the field upsampled 4x that way. (An ``as_built`` may also move the detector
+  is what registration recovers. A plane (or a scan on the simulation grid) that is only
+  translated is the output grid translated: the last hop is shifted by ``offset``
+  (:func:`diffractive.asbuilt.hop_shifts`), exact for any offset, with the field that
+  enters the grid from beyond its edge. Otherwise the complex output field is sampled at
+  those points by band-limited (trigonometric) interpolation of the field zero-padded to
+  twice its size (separable points; exact at whole-pixel offsets, but it takes the field
+  beyond the grid as zero), or, for rotated points, by cubic splines on the field
+  upsampled 4x that way. (An ``as_built`` may also move the detector
   plane, ``detector_offset_xy_m`` / ``detector_rotation_rad``; that moves the plane inside
   the stack, the scan frame with it, on top of this transform. ``d2nn measure-sim
   --budget`` hands a draw's detector-plane errors to this transform instead, so that the
@@ -237,9 +241,7 @@ def simulate_lab(design, images, labels, *, imperfections: Imperfections | None 
     grid = design.grid
     L = design.n_layers
     as_built = imp.stack_as_built(L)
-    stack = build(design, as_built, oversample=k)
-    t = stack.transmissions()
-    fine = Grid(stack.fine_shape, stack.geometry.pitch_m)
+    fine = Grid((design.layer_shape[0] * k, design.layer_shape[1] * k), design.pitch_m / k)
     reg = imp.registration
     if fmt == "scan":
         p_s = design.pitch_m if scan_pitch_m is None else float(scan_pitch_m)
@@ -249,11 +251,19 @@ def simulate_lab(design, images, labels, *, imperfections: Imperfections | None 
         origin = centred_origin(scan_shape, p_s)
         xs = origin[0] + np.arange(scan_shape[1]) * p_s
         ys = origin[1] + np.arange(scan_shape[0]) * p_s
-        identity = (imp.detector_is_ideal() and math.isclose(p_s, fine.pitch_m)
-                    and tuple(scan_shape) == tuple(fine.shape))
+        on_grid = math.isclose(p_s, fine.pitch_m) and tuple(scan_shape) == tuple(fine.shape)
     else:
         xs, ys = fine.x_m(), fine.y_m()
-        identity = imp.detector_is_ideal()
+        on_grid = True
+    # A detector plane (or scan frame) that is only translated is the output plane's grid
+    # translated: the last hop computes it exactly, from the whole window. Interpolating the
+    # cropped output instead treats the field beyond the crop as zero, wrong at the edges.
+    translated = on_grid and imp.detector_rotation_rad == 0 and imp.scan_scale == 1
+    stack_ab = as_built.combined(AsBuilt(detector_offset_xy_m=tuple(imp.detector_offset_m))) if translated \
+        else as_built
+    identity = translated or (on_grid and imp.detector_is_ideal())
+    stack = build(design, stack_ab, oversample=k)
+    t = stack.transmissions()
     Xs, Ys = np.meshgrid(xs, ys)
     Xd, Yd = reg.to_design(Xs, Ys)
     engine = stack.engine(np.result_type(t.dtype, np.complex64))
