@@ -559,5 +559,40 @@ def simulate_built(design, images, as_built: AsBuilt | None = None, *, oversampl
                             intensity=np.concatenate(intens) if keep_intensity else None)
 
 
+def read_as_built(path, n_layers: int | None = None) -> AsBuilt:
+    """The stack as built recorded in the JSON file ``path``: the ``"as_built"`` object of a
+    ``d2nn diagnose`` ``fit.json`` or a ``d2nn measure-sim`` ``.truth.json``, or a bare
+    :meth:`AsBuilt.to_json` object. ``n_layers``: the design's, checked against the per-layer
+    and per-gap lists. Anything malformed raises :class:`~diffractive._read.InputFileError`
+    naming the file and the field.
+
+    (A measure-sim truth file keeps the scan frame's misalignment outside ``"as_built"``,
+    where registration looks: it is a property of the measurement, not of the stack.)
+    """
+    from ._read import InputFileError, read_json  # noqa: PLC0415
+
+    doc = read_json(path)
+    if not isinstance(doc, dict):
+        raise InputFileError(path, f"must hold a JSON object, got {type(doc).__name__}")
+    rec, where = (doc["as_built"], "as_built.") if "as_built" in doc else (doc, "")
+    if not isinstance(rec, dict):
+        raise InputFileError(path, f"must be an object, got {type(rec).__name__}", where=f"field '{where[:-1]}'")
+    try:
+        ab = AsBuilt.from_json(rec)
+    except FieldError as e:
+        raise InputFileError(path, e.problem, where=f"field '{where}{e.field}'") from None
+    except (TypeError, ValueError) as e:
+        raise InputFileError(path, f"is not an as-built record ({e})", where=f"field '{where[:-1] or 'as_built'}'") \
+            from None
+    if n_layers is not None:
+        for name, n in (("layer_offsets_xy_m", n_layers), ("layer_rotations_rad", n_layers),
+                        ("gap_errors_m", n_layers + 1)):
+            v = getattr(ab, name)
+            if v and len(v) != n:
+                raise InputFileError(path, f"holds {len(v)} entries; the design has {n_layers} layers, so it needs "
+                                           f"{n} (or none)", where=f"field '{where}{name}'")
+    return ab
+
+
 __all__ = ["AsBuilt", "BuiltStack", "MAX_OVERSAMPLE", "apply_placement", "build", "check_oversample",
-           "fine_geometry", "placement", "simulate_built"]
+           "fine_geometry", "placement", "read_as_built", "simulate_built"]

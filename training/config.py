@@ -122,6 +122,19 @@ class RobustnessConfig:
     feature_px: int = 1                       # printed feature: phases constant over b x b pixels
     smoothness: float = 0.0                   # weight of the phasor-smoothness prior (0: none)
     val_draws: int = 2                        # fixed stacks the validation accuracy is measured on
+    as_built: typing.Optional[str] = None     # a known stack as built (d2nn diagnose fit.json): train through it
+    freeze_layers: list = field(default_factory=list)  # layers (1 = nearest the input) kept as printed
+
+    def load_as_built(self, cfg, n_layers: int):
+        """The :class:`~diffractive.asbuilt.AsBuilt` of ``as_built`` (a path relative to the config file), or ``None``."""
+        from diffractive.asbuilt import read_as_built  # noqa: PLC0415
+
+        if self.as_built is None:
+            return None
+        try:
+            return read_as_built(cfg.resolve_path(self.as_built), n_layers)
+        except D2NNError as e:
+            raise ConfigError(f"{cfg.source} [robustness] as_built: {e}") from None
 
     def load_budget(self, cfg):
         """The :class:`~diffractive.budget.ErrorBudget` named (a path is relative to the config file)."""
@@ -402,7 +415,48 @@ def parse_config(doc: dict, source: str = "<config>") -> Config:
     if r.smoothness < 0:
         raise ConfigError(f"{source} [robustness]: 'smoothness' must be >= 0, got {r.smoothness}")
     r.load_budget(cfg)  # a bad budget fails here, naming the config and the budget file
+    check_redesign(cfg)
     return cfg
+
+
+def check_redesign(cfg) -> None:
+    """Check ``[robustness] as_built`` and ``freeze_layers`` of ``cfg`` (also after ``d2nn train
+    --as-built / --freeze-layers`` set them): a readable as-built record for this geometry,
+    frozen layers that exist, leave one to train and come from ``[model] init_from``."""
+    source, g, r = cfg.source, cfg.geometry, cfg.robustness
+    if r.as_built is not None and not isinstance(r.as_built, str):
+        raise ConfigError(f"{source} [robustness]: 'as_built' must be a path (a d2nn diagnose fit.json), "
+                          f"got {r.as_built!r}")
+    r.load_as_built(cfg, g.n_layers)  # and a bad as-built record here
+    if r.as_built is not None and cfg.trainer.rule != "backprop":
+        raise ConfigError(f"{source} [robustness]: 'as_built' is supported by trainer.rule = 'backprop' only, "
+                          f"not {cfg.trainer.rule!r}")
+    check_freeze_layers(r.freeze_layers, g.n_layers, source)
+    if r.freeze_layers:
+        if cfg.model.init_from is None:
+            raise ConfigError(f"{source} [robustness]: 'freeze_layers' keeps layers as printed, so it needs the "
+                              "printed design: set [model] init_from to its folder")
+        if cfg.trainer.rule != "backprop":
+            raise ConfigError(f"{source} [robustness]: 'freeze_layers' is supported by trainer.rule = 'backprop' "
+                              f"only, not {cfg.trainer.rule!r}")
+
+
+def check_freeze_layers(layers, n_layers: int, source: str = "<config>") -> list:
+    """``layers`` (1 = nearest the input) as a sorted list, checked: integers from 1 to
+    ``n_layers``, no repeats, at least one layer left to train. Raises :class:`ConfigError`."""
+    if not isinstance(layers, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) for v in layers):
+        raise ConfigError(f"{source} [robustness]: 'freeze_layers' must be a list of layer numbers (1 = nearest "
+                          f"the input), got {layers!r}")
+    bad = [v for v in layers if not 1 <= v <= n_layers]
+    if bad:
+        raise ConfigError(f"{source} [robustness]: 'freeze_layers' names layer {bad[0]}; the design has layers "
+                          f"1 to {n_layers}")
+    if len(set(layers)) != len(layers):
+        raise ConfigError(f"{source} [robustness]: 'freeze_layers' names a layer twice: {list(layers)}")
+    if len(layers) >= n_layers:
+        raise ConfigError(f"{source} [robustness]: 'freeze_layers' freezes all {n_layers} layers: nothing is left "
+                          "to train")
+    return sorted(layers)
 
 
 def load_config(path) -> Config:

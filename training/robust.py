@@ -18,6 +18,13 @@ only the transfer functions change; the FFT workspaces are kept
 
 With an empty budget (:data:`diffractive.budget.EMPTY`: no error kinds, no absorption, no
 quantisation) nothing here runs and training is the ordinary training, bit for bit.
+
+**Re-design around what was printed** (issue 14): ``[robustness] as_built`` names a known
+stack as built -- what ``d2nn diagnose`` fitted to the lab's measurements (its ``fit.json``).
+Every step then trains through that stack (with a budget, through that stack with a fresh
+draw on top: :meth:`~diffractive.asbuilt.AsBuilt.combined`), and ``freeze_layers``
+(:func:`freeze_layers`) keeps the plates already printed as they are, so only the plates to
+be re-printed change.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ import numpy as np
 
 from diffractive.asbuilt import build
 from diffractive.budget import ErrorBudget
+from diffractive.errors import D2NNError
 
 from .bridge import from_xp, stack_intensity, to_xp
 
@@ -41,9 +49,13 @@ class Vaccination:
     per printed pixel; ``seed``: the draws' seed.
     """
 
-    def __init__(self, design, budget: ErrorBudget, oversample: int = 1, seed: int = 0, workers=None):
+    def __init__(self, design, budget: ErrorBudget | None, oversample: int = 1, seed: int = 0, workers=None,
+                 known=None):
         self.design = design
-        self.budget = budget
+        self.budget = None if budget is None or budget.is_empty else budget
+        self.known = known  # an AsBuilt every stack starts from (None: the designed stack)
+        if self.budget is None and self.known is None:
+            raise D2NNError("Vaccination needs a budget with errors or a known as-built stack")
         self.oversample = int(oversample)
         self.seed = int(seed)
         self.workers = workers
@@ -52,8 +64,15 @@ class Vaccination:
 
     def stack(self, step: int):
         """The :class:`~diffractive.asbuilt.BuiltStack` of training step ``step``."""
+        if self.budget is None:  # the known stack, the same every step: built once
+            if self.last is None:
+                self.last = build(self.design, self.known, oversample=self.oversample)
+                self._engine = self.last.engine()
+            return self.last
         rng = np.random.default_rng([self.seed, int(step)])
         ab = self.budget.draw(rng, self.design.n_layers, self.design.fabrication.z_step_m)
+        if self.known is not None:
+            ab = self.known.combined(ab)
         stack = build(self.design, ab, oversample=self.oversample, engine=self._engine)
         self._engine = stack.engine()
         self.last = stack
@@ -66,8 +85,9 @@ class Vaccination:
 
     def validation_stacks(self, n: int) -> list:
         """``n`` fixed stacks (the same every epoch and every run with this seed) on which
-        the trainer measures the validation accuracy as built, to pick the best epoch."""
-        return [self.stack(VALIDATION_STEP + i) for i in range(n)]
+        the trainer measures the validation accuracy as built, to pick the best epoch (one,
+        the known stack, without a budget)."""
+        return [self.stack(VALIDATION_STEP + i) for i in range(1 if self.budget is None else n)]
 
     def powers_through(self, model, images, stack):
         """As :meth:`powers`, through a given :class:`~diffractive.asbuilt.BuiltStack`."""
@@ -110,16 +130,32 @@ def smoothness_penalty(phase):
     return 0.5 * (dx.mean() + dy.mean())
 
 
+def freeze_layers(model, layers) -> None:
+    """Keep the layers ``layers`` (1 = nearest the input) of ``model`` as they are: a gradient
+    hook zeroes their rows of the phase (and amplitude) gradient. With a zero gradient from the
+    first step, Adam's moments for those pixels stay zero and so does their update: the frozen
+    phases come out bit for bit as they went in (tests/test_redesign.py)."""
+    import torch  # noqa: PLC0415
+
+    rows = torch.zeros(model.phase.shape[0], dtype=torch.bool)
+    rows[[int(v) - 1 for v in layers]] = True
+    params = [model.phase] + ([model.amp_logit] if getattr(model, "modulation", "phase") == "complex" else [])
+
+    def hook(g):
+        return g.masked_fill(rows.to(g.device)[:, None, None], 0.0)
+    for p in params:
+        p.register_hook(hook)
+
+
 def vaccination_from_config(design, cfg):
     """The :class:`Vaccination` that ``[robustness]`` asks for, or ``None`` for plain training."""
     r = cfg.robustness
-    if r.budget is None:
-        return None
-    budget = r.load_budget(cfg)
-    if budget.is_empty:
+    budget = r.load_budget(cfg) if r.budget is not None else None
+    known = r.load_as_built(cfg, design.n_layers)
+    if (budget is None or budget.is_empty) and known is None:
         return None
     return Vaccination(design, budget, r.oversample, cfg.trainer.seed if r.seed is None else r.seed,
-                       cfg.trainer.workers)
+                       cfg.trainer.workers, known=known)
 
 
-__all__ = ["Vaccination", "hold_block_constant", "smoothness_penalty", "vaccination_from_config"]
+__all__ = ["Vaccination", "freeze_layers", "hold_block_constant", "smoothness_penalty", "vaccination_from_config"]

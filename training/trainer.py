@@ -38,7 +38,7 @@ from .config import MAX_LEARNING_RATE, Config
 from .datasets import check_classes, split_provenance
 from .model import D2NN, design_from_config, detector_loss
 from .rules.common import lr_factor
-from .robust import hold_block_constant, smoothness_penalty, vaccination_from_config
+from .robust import freeze_layers, hold_block_constant, smoothness_penalty, vaccination_from_config
 from .rules.distributed import SCHEMES, Comm, init_from_env, is_writer, per_process_workers
 
 
@@ -117,6 +117,8 @@ class BackpropRule:
         self.smoothness = cfg.robustness.smoothness
         if cfg.robustness.feature_px > 1:
             hold_block_constant(model.phase, cfg.robustness.feature_px)
+        if cfg.robustness.freeze_layers:
+            freeze_layers(model, cfg.robustness.freeze_layers)
 
     def powers(self, images):
         """``(detector powers, intensity)`` of this step's forward pass: the ideal stack, or
@@ -539,6 +541,8 @@ class Trainer:
         inputs = [] if cfg.source.startswith("<") else [cfg.source]
         if cfg.model.init_from is not None:
             inputs.append(cfg.resolve_path(cfg.model.init_from))
+        if cfg.robustness.as_built is not None:
+            inputs.append(cfg.resolve_path(cfg.robustness.as_built))
         refuse_overwriting_inputs(self.out, inputs, option="out_dir")
         if os.path.lexists(self.out) and not self.out.exists():
             raise TrainingError(f"out_dir {self.out} is a dangling symbolic link; name a folder to write the design into")
@@ -760,11 +764,13 @@ class Trainer:
 
     # -- evaluation -------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate_as_built(self, x, y, batch_size=128, shard=False):
+    def evaluate_as_built(self, x, y, batch_size=128, shard=False, model=None):
         """Mean accuracy over ``[robustness] val_draws`` fixed as-built stacks, or ``None``
         without robust training (and for rules that validate on their own physics, PAT).
         ``shard``: in a torchrun job each rank classifies its part of ``x`` and the correct
-        counts are added over the ranks (the same counts as one process)."""
+        counts are added over the ranks (the same counts as one process). ``model``: another
+        set of layers than the one trained (default ``self.model``)."""
+        model = self.model if model is None else model
         vac = getattr(self.rule, "vaccination", None)
         if vac is None or getattr(self.rule, "evaluation_forward", None) is not None or not len(y):
             return None
@@ -775,8 +781,8 @@ class Trainer:
             for a in range(lo, hi, batch_size):
                 b = min(a + batch_size, hi)
                 xb = torch.from_numpy(x[a:b]).to(self.device)
-                powers, _ = vac.powers_through(self.model, xb, stack)
-                correct += int((self.model.scores(powers).argmax(1).cpu().numpy() == y[a:b]).sum())
+                powers, _ = vac.powers_through(model, xb, stack)
+                correct += int((model.scores(powers).argmax(1).cpu().numpy() == y[a:b]).sum())
             corrects.append(correct)
         corrects = self.comm.sum(np.array(corrects, dtype=np.float64)) if shard else np.array(corrects, np.float64)
         return float(np.mean(corrects / len(y)))
@@ -900,6 +906,22 @@ class Trainer:
             self._checkpoint()
         return self.finish()
 
+    def _redesign_gain(self) -> dict:
+        """Test accuracy through the known as-built stack (``[robustness] as_built``, with the
+        budget's draws on top if any) of the design trained from and of the one trained: what
+        re-printing the unfrozen layers buys, in simulation."""
+        start = D2NN(self.design0, self.cfg.model.modulation, workers=self.model.workers).to(self.device)
+        before = self.evaluate_as_built(self.test_x, self.test_y, model=start)
+        after = self.evaluate_as_built(self.test_x, self.test_y)
+        r = self.cfg.robustness
+        frozen = list(r.freeze_layers)
+        reprint = [i + 1 for i in range(self.design0.n_layers) if i + 1 not in frozen]
+        self.log(f"re-design: test accuracy through the stack as built {100 * before:.2f} % -> {100 * after:.2f} % "
+                 f"({100 * (after - before):+.2f} points) by re-printing layer(s) {', '.join(map(str, reprint))}")
+        return {"as_built": r.as_built, "frozen_layers": frozen, "reprinted_layers": reprint,
+                "test_accuracy_as_built_before": before, "test_accuracy_as_built_after": after,
+                "test_n": int(len(self.test_y))}
+
     def finish(self):
         """Load the best checkpoint (by validation accuracy), test it once, write the design folder."""
         if not is_writer():
@@ -919,6 +941,8 @@ class Trainer:
                    "best_val_accuracy": st["best_val_accuracy"], "best_epoch": st["best_epoch"],
                    "epochs": len(st["history"]), "train_seconds": st["train_seconds"],
                    "confusion": conf.tolist(), "history": st["history"]}
+        if self.cfg.robustness.as_built is not None:
+            metrics["redesign"] = self._redesign_gain()
         provenance = {
             "config": self.cfg.to_dict(), "config_file": self.cfg.source, "dataset": self.dataset_info,
             "seed": self.cfg.trainer.seed, **split_provenance(self.cfg.data.split_seed, self.cfg.data.val_fraction),

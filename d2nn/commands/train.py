@@ -21,6 +21,12 @@ def register(sub):
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda: CUDA torch and the CuPy physics core")
     p.add_argument("--epochs", type=int, default=None, help="override trainer.epochs")
+    p.add_argument("--as-built", metavar="FIT.json", default=None,
+                   help="train through this stack as built (the fit.json of 'd2nn diagnose', or a measure-sim "
+                        ".truth.json); sets [robustness] as_built (docs/diagnose.md)")
+    p.add_argument("--freeze-layers", metavar="N,N,...", default=None,
+                   help="keep these layers (1 = nearest the input) as in [model] init_from, the printed design, and "
+                        "train the others; sets [robustness] freeze_layers")
     p.set_defaults(func=run)
 
 
@@ -37,6 +43,22 @@ def run(args) -> int:
         if args.epochs < 1:
             raise UserError(f"--epochs must be positive, got {args.epochs}")
         cfg.trainer.epochs = args.epochs
+    if args.as_built is not None or args.freeze_layers is not None:
+        from pathlib import Path  # noqa: PLC0415
+
+        from training.config import check_redesign  # noqa: PLC0415
+
+        if args.as_built is not None:  # relative to where the command runs, not to the config file
+            cfg.robustness.as_built = str(Path(args.as_built).resolve())
+        if args.freeze_layers is not None:
+            try:
+                cfg.robustness.freeze_layers = [int(v) for v in args.freeze_layers.split(",") if v.strip()]
+            except ValueError:
+                raise UserError(f"--freeze-layers must be layer numbers separated by commas (1,2,3), got "
+                                f"{args.freeze_layers!r}") from None
+            if not cfg.robustness.freeze_layers:
+                raise UserError("--freeze-layers names no layer")
+        check_redesign(cfg)
     if args.device == "cuda":
         from diffractive.backend import cupy_available  # noqa: PLC0415
 

@@ -387,7 +387,8 @@ class Diagnosis:
         return out
 
     def to_json(self) -> dict:
-        """The diagnosis as one JSON-ready object; ``as_built`` is what ``d2nn train --as-built`` reads."""
+        """The diagnosis as one JSON-ready object; ``as_built`` (the determined estimates, the
+        rest as designed) is what ``d2nn train --as-built`` reads."""
         return {"schema": "d2nn.diagnosis/1", "design": self.design_name, "measured": self.measurement,
                 "kind": self.kind, "samples": self.n, "samples_fitted": self.samples_fitted,
                 "estimates": self.estimates(), "as_built": self.as_built.to_json(),
@@ -539,7 +540,8 @@ def diagnose(design, measured, images, *, budget: ErrorBudget | None, kinds=DEFA
     theta_si, sigma_si = theta * unit, sigma_nat * unit
     threshold = np.where(prior > 0, prior, unit)
     determined = (sigma_si <= threshold) & ~unseen & np.isfinite(sigma_si)
-    fitted = as_built_of(theta_si, params, base, L)
+    # what the data do not determine stays as designed: no number to act on, nor to re-design against
+    fitted = as_built_of(np.where(determined, theta_si, 0.0), params, base, L)
 
     # -- accuracies: measured, fitted model, with each kind corrected, as printed, ideal
     from ..simulate import simulate  # noqa: PLC0415
