@@ -63,3 +63,25 @@ def test_simulate_cupy_matches_numpy(small_design, digits_split):
     ia, ib = np.asarray(a.intensity, dtype=np.float64), np.asarray(b.intensity, dtype=np.float64)
     assert np.linalg.norm(ib - ia) <= 1e-4 * np.linalg.norm(ia)
     assert np.array_equal(a.predictions, b.predictions)
+
+
+def test_tolerance_on_cuda_matches_cpu(small_design, tmp_path, capsys):
+    """``d2nn tolerance --device cuda``: the same draws, the same accuracies as on the CPU."""
+    import json
+
+    from d2nn.cli import main
+    from diffractive.design import save_design
+
+    save_design(small_design(), tmp_path / "d")
+    docs = []
+    for device in ("cpu", "cuda"):
+        assert main(["tolerance", str(tmp_path / "d"), "--dataset", "digits", "--samples", "40", "--draws", "3",
+                     "--sweep-draws", "1", "--sweep-samples", "20", "--kinds", "lateral_m", "--device", device,
+                     "--json", "--quiet"]) == 0
+        docs.append(json.loads(capsys.readouterr().out))
+    a, b = docs
+    assert a["n_images"] == b["n_images"] == 40
+    assert abs(a["ideal_accuracy"] - b["ideal_accuracy"]) <= 1 / 40
+    # each draw's accuracy within one image (complex64 rounding may flip a near tie)
+    assert np.allclose(a["expected"]["accuracies"], b["expected"]["accuracies"], atol=1 / 40 + 1e-12)
+    assert a["expected"]["draws"] == 3

@@ -120,6 +120,13 @@ def test_the_command_runs_and_refuses_bad_input(trained, tmp_path, capsys):
     assert "not an empty folder" in capsys.readouterr().err
     assert main(["tolerance", str(folder), "--dataset", "digits", "--budget", str(tmp_path / "none.toml")]) == 2
     assert "neither a shipped budget" in capsys.readouterr().err
+    from diffractive.backend import cupy_available
+
+    if not cupy_available():  # the GPU run itself is tests/test_gpu.py's
+        assert main(["tolerance", str(folder), "--dataset", "digits", "--samples", "5", "--device", "cuda",
+                     "--report", str(tmp_path / "gpu-rep")]) == 2
+        err = capsys.readouterr().err
+        assert "--device cuda needs CuPy" in err and err.count("\n") == 1 and not (tmp_path / "gpu-rep").exists()
 
 
 def test_export_reads_the_designs_own_tolerance_report(trained, tmp_path, capsys):

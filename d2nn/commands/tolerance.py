@@ -31,7 +31,9 @@ def register(sub):
     p.add_argument("--sweep-draws", type=int, default=5, help="draws per sweep point (default 5)")
     p.add_argument("--sweep-samples", type=int, default=500, help="images per sweep draw (default 500)")
     p.add_argument("--seed", type=int, default=0, help="seed of every draw (default 0)")
-    p.add_argument("--workers", type=int, default=None, help="parallel draws (default: all cores)")
+    p.add_argument("--workers", type=int, default=None, help="parallel draws (default: all cores; 1 with --device cuda)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: every draw on the CuPy core (needs CuPy and a GPU)")
     p.add_argument("--report", metavar="DIR", default=None,
                    help="write tolerance.json, tolerance.md, tolerance.html and tolerance.png into DIR (new)")
     p.add_argument("--force", action="store_true", help="allow --report into a folder that holds files")
@@ -147,9 +149,18 @@ def run(args) -> int:
         images, labels = design_split(design, args.dataset, args.split, limit=args.samples)
     except (DatasetMissing, IdxFormatError, ValueError) as e:
         raise UserError(str(e)) from None
+    backend, workers = "numpy", args.workers
+    if args.device == "cuda":
+        from diffractive.backend import cupy_available  # noqa: PLC0415
+
+        if not cupy_available():
+            raise UserError("--device cuda needs CuPy with a GPU (pip install 'd2nn[gpu]'); use --device cpu")
+        backend = "cupy"
+        workers = 1 if workers is None else workers  # threads would only queue on the one device
     result = analyse(design, images, labels, budget, draws=args.draws, oversample=args.oversample, seed=args.seed,
-                     kinds=kinds, sweep_draws=args.sweep_draws, sweep_images=args.sweep_samples, workers=args.workers,
-                     progress=_progress(args.quiet), name=str(args.design), dataset=f"{args.dataset}/{args.split}")
+                     kinds=kinds, sweep_draws=args.sweep_draws, sweep_images=args.sweep_samples, workers=workers,
+                     progress=_progress(args.quiet), name=str(args.design), dataset=f"{args.dataset}/{args.split}",
+                     backend=backend)
     if args.report is not None:
         _write_report_safely(result, Path(args.report), write_report)
     if args.json:
