@@ -15,7 +15,7 @@ import pytest
 from d2nn.cli import main
 from diffractive.asbuilt import AsBuilt
 from diffractive.design import make_design, save_design
-from diffractive.measured.diagnose import _covariance, levenberg_marquardt, parse_fit_kinds
+from diffractive.measured.diagnose import _covariance, fit_warnings, levenberg_marquardt, parse_fit_kinds
 from diffractive.errors import D2NNError
 
 PITCH_M = 0.4e-3
@@ -68,6 +68,16 @@ def test_fit_kinds_are_checked():
         parse_fit_kinds("lateral,tilt")
     with pytest.raises(D2NNError, match="degenerate"):
         parse_fit_kinds("input,lateral,detector")
+
+
+def test_a_lonely_best_start_and_an_accuracy_mismatch_are_warned_about():
+    assert fit_warnings([100.0, 100.5, 400.0], {"fitted": 0.80, "measured": 0.81}, 200) == []
+    w = fit_warnings([100.0, 300.0, 400.0], {"fitted": 0.80, "measured": 0.81}, 200)
+    assert len(w) == 1 and "only 1 of 3 starts" in w[0] and "3.00x higher" in w[0]
+    # 74 % against 80 % on 200 objects is 2.1 standard errors: no warning; on 2000 it is 6.7
+    assert fit_warnings([1.0], {"fitted": 0.74, "measured": 0.80}, 200) == []
+    w = fit_warnings([1.0], {"fitted": 0.74, "measured": 0.80}, 2000)
+    assert len(w) == 1 and "does not behave like the printed one" in w[0]
 
 
 # --------------------------------------------------------------------------- end to end

@@ -370,6 +370,7 @@ class Diagnosis:
     corrections: list
     fixes: list
     notes: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
     seconds: float = 0.0
     samples_fitted: dict = field(default_factory=dict)
     examples: dict = field(default_factory=dict)
@@ -396,7 +397,7 @@ class Diagnosis:
                             "simulations": s.evaluations} for s in self.starts],
                 "fine": {"losses": self.fine.losses, "simulations": self.fine.evaluations},
                 "accuracy": self.accuracy, "corrections": self.corrections, "fixes": self.fixes,
-                "notes": self.notes, "seconds": round(self.seconds, 1)}
+                "notes": self.notes, "warnings": self.warnings, "seconds": round(self.seconds, 1)}
 
     def summary(self) -> str:
         """Plain text for the terminal."""
@@ -428,6 +429,7 @@ class Diagnosis:
         else:
             lines.append("  correction plan: nothing the data determine is large enough to act on")
         lines += [f"  note         {n}" for n in self.notes]
+        lines += [f"  WARNING      {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -578,12 +580,45 @@ def diagnose(design, measured, images, *, budget: ErrorBudget | None, kinds=DEFA
     if undetermined:
         notes.append(f"{len(undetermined)} of {len(params)} parameters are not determined by these data: "
                      + ", ".join(undetermined[:8]) + (" ..." if len(undetermined) > 8 else ""))
+    warnings = fit_warnings([tr.losses[-1] for tr in traces], accuracy, n)
     return Diagnosis(design_name=design_name, measurement=str(measured.source), kind=measured.kind, n=n,
                      params=params, theta_si=theta_si, sigma_si=sigma_si, determined=determined, as_built=fitted,
                      starts=traces, fine=fine, accuracy=accuracy, corrections=corrections, fixes=fixes, notes=notes,
+                     warnings=warnings,
                      seconds=time.perf_counter() - t0, examples=examples,
                      samples_fitted={"coarse": n if coarse is None else len(coarse),
                                      "fine": n if fine_idx is None else len(fine_idx)})
+
+
+def fit_warnings(start_losses, accuracy: dict, n: int) -> list:
+    """Signs that the fit found a wrong basin, in words (empty: none seen).
+
+    * Only one start reached the lowest loss (within 1 %): the landscape has several basins
+      and, on the designs measured (benchmarks/README.md), most starts end in a wrong one, so
+      a single winner may be one too.
+    * The fitted model's accuracy on the measured objects differs from the measured accuracy
+      by more than three binomial standard errors: the fitted stack does not behave like the
+      measured one.
+
+    The standard errors of the estimates assume the fit found the right basin; these
+    warnings are the check that it did not obviously miss it. Neither proves success.
+    """
+    out = []
+    losses = sorted(float(v) for v in start_losses)
+    if len(losses) > 1:
+        near = sum(v <= 1.01 * losses[0] for v in losses)
+        if near == 1:
+            out.append(f"only 1 of {len(losses)} starts reached the lowest loss (the next is "
+                       f"{losses[1] / max(losses[0], 1e-300):.2f}x higher): the fit may sit in a wrong basin; rerun "
+                       "with more --starts and another --seed and compare before acting on the plan")
+    fa, ma = accuracy.get("fitted"), accuracy.get("measured")
+    if fa is not None and ma is not None and n > 0:
+        se = math.sqrt(max(ma * (1 - ma), 0.25 / n) / n)
+        if abs(fa - ma) > 3 * se:
+            out.append(f"the fitted model classifies {100 * fa:.1f} % of the measured objects correctly, the "
+                       f"measurement {100 * ma:.1f} %: the fitted stack does not behave like the printed one (a "
+                       "wrong basin, or an error the model does not hold); do not act on the plan")
+    return out
 
 
 #: Below these the plan says nothing: a lab cannot place a plate better (assumption).
@@ -632,5 +667,5 @@ def _correction_plan(params, theta_si, sigma_si, determined, order, design) -> l
     return out
 
 
-__all__ = ["DEFAULT_FIT", "Diagnosis", "FIT_KINDS", "MeasurementModel", "as_built_of", "diagnose",
+__all__ = ["DEFAULT_FIT", "Diagnosis", "FIT_KINDS", "MeasurementModel", "as_built_of", "diagnose", "fit_warnings",
            "levenberg_marquardt", "parse_fit_kinds", "theta_of"]
