@@ -142,14 +142,41 @@ def one_draw(args, design, seed, eval_images, eval_labels, work: Path) -> dict:
             "seconds": round(seconds, 1)}
 
 
-def table(rows, design_name):
+def relative_lateral_error(row, design) -> float | None:
+    """Largest lateral error (m) left after removing, per axis, the best straight line
+    ``a + b z`` through the errors of the planes (layers and detector plane at their
+    distances ``z`` from the input): the error of where the plates sit relative to each
+    other, without the common offset and shear against the input (a near-degenerate
+    direction: a sheared stack is a tilted illumination, see docs/diagnose.md)."""
+    d = np.cumsum(design.geometry.distances_m)
+    L = design.n_layers
+    worst = None
+    for ax in "xy":
+        z, e = [], []
+        for i in range(L):
+            r = row["errors"].get(f"layer {i + 1} {ax}")
+            if r is not None and r["determined"]:
+                z.append(d[i]), e.append(r["error_si"])
+        r = row["errors"].get(f"detector {ax}")
+        if r is not None and r["determined"]:
+            z.append(d[L]), e.append(r["error_si"])
+        if len(e) < 3:
+            return None
+        A = np.stack([np.ones(len(z)), np.asarray(z)], axis=1)
+        coef = np.linalg.lstsq(A, np.asarray(e), rcond=None)[0]
+        res = float(np.max(np.abs(np.asarray(e) - A @ coef)))
+        worst = res if worst is None else max(worst, res)
+    return worst
+
+
+def table(rows, design_name, design=None):
     kinds = ["lateral", "rotation", "axial", "detector", "thickness", "wavelength"]
     unit = {"lateral": (1e-6, "um"), "rotation": (math.radians(1), "deg"), "axial": (1e-6, "um"),
             "detector": (1e-6, "um"), "thickness": (0.01, "%"), "wavelength": (0.01, "%")}
     print(f"\n{design_name}: {len(rows)} draws, format {rows[0]['format']}, {rows[0]['samples']} samples, "
           f"noise {rows[0]['noise']}, gain spread {rows[0]['gain_spread']}")
     head = "| seed | " + " | ".join(f"max {k} err ({unit[k][1]})" for k in kinds) + \
-           " | target met | acc ideal / as built / corrected (%) | diagnose warned | fit s |"
+           " | target met | max lateral err, common offset and shear removed (um) | acc ideal / as built / corrected (%) | diagnose warned | fit s |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     met = 0
@@ -174,7 +201,9 @@ def table(rows, design_name):
         # recomputed from the row (rows written before diagnose warned carry no "warnings")
         warned = fit_warnings(r["starts"], r["fit_accuracy"], r["samples"])
         flags = ", ".join(("one winning start" if "only 1 of" in w else "accuracy mismatch") for w in warned) or "-"
+        rel = relative_lateral_error(r, design) if design is not None else None
         print(f"| {r['seed']} | " + " | ".join(cells) + f" | {'yes' if ok else 'no'} | "
+              f"{'-' if rel is None else f'{rel * 1e6:.3g}'} | "
               f"{100 * ev['ideal']:.1f} / {100 * ev['as_built']:.1f} / {100 * ev['corrected']:.1f} | {flags} | "
               f"{r['seconds']:.0f} |")
     print(f"target (every lateral offset within 50 um, every gap within 0.1 mm) met in {met} of {len(rows)} draws")
@@ -218,7 +247,7 @@ def main_(argv=None):
                   flush=True)
     rows = [r for r in rows if r["format"] == args.format]
     if rows:
-        table(sorted(rows, key=lambda r: r["seed"]), args.design)
+        table(sorted(rows, key=lambda r: r["seed"]), args.design, design)
 
 
 if __name__ == "__main__":
