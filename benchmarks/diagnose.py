@@ -199,8 +199,13 @@ def table(rows, design_name, design=None):
         met += ok
         ev = r["eval"]
         # recomputed from the row (rows written before diagnose warned carry no "warnings")
-        warned = fit_warnings(r["starts"], r["fit_accuracy"], r["samples"])
-        flags = ", ".join(("one winning start" if "only 1 of" in w else "accuracy mismatch") for w in warned) or "-"
+        per_sample = (np.prod(design.layer_shape) if r["format"] == "scan" else len(design.detectors)) \
+            if design is not None else None
+        explained = None if per_sample is None else 1 - min(r["starts"]) / (min(32, r["samples"]) * per_sample)
+        warned = fit_warnings(r["starts"], r["fit_accuracy"], r["samples"], explained)
+        flags = ", ".join(("one winning start" if "only 1 of" in w else "accuracy mismatch" if "classifies" in w
+                           else "explains little") for w in warned) or "-"
+        flags = (f"explained {explained:.2f}; " if explained is not None else "") + flags
         rel = relative_lateral_error(r, design) if design is not None else None
         print(f"| {r['seed']} | " + " | ".join(cells) + f" | {'yes' if ok else 'no'} | "
               f"{'-' if rel is None else f'{rel * 1e6:.3g}'} | "

@@ -78,6 +78,9 @@ def test_a_lonely_best_start_and_an_accuracy_mismatch_are_warned_about():
     assert fit_warnings([1.0], {"fitted": 0.74, "measured": 0.80}, 200) == []
     w = fit_warnings([1.0], {"fitted": 0.74, "measured": 0.80}, 2000)
     assert len(w) == 1 and "does not behave like the printed one" in w[0]
+    assert fit_warnings([1.0], {}, 10, explained=0.8) == []
+    w = fit_warnings([1.0], {}, 10, explained=0.3)
+    assert len(w) == 1 and "explains 30 % of the measured power" in w[0]
 
 
 # --------------------------------------------------------------------------- end to end
@@ -140,6 +143,7 @@ def test_a_noiseless_fit_recovers_the_stack_as_built(lab, fitted):
     assert max(abs(v) for v in true.values()) > PITCH_M / 4
     # and the fitted model reproduces the scans: RMS residual below 1 % of the scans' RMS
     assert fitted["fine"]["losses"][-1] < 1e-4 * 100 * 48 * 48
+    assert fitted["explained"] > 0.9999 and not any("explains" in w or "classifies" in w for w in fitted["warnings"])
 
 
 def test_the_correction_plan_undoes_each_offset(fitted):
