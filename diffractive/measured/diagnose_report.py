@@ -22,25 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
+from .._plot import new_figure, save_png
 from .report import _swap_into_place, check_report_dir
 
 
-def _plt():
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    return plt
-
-
 def patterns_figure(dg, path) -> None:
-    plt = _plt()
     ex = dg.examples
     n = len(ex["indices"])
     rows = (("measured", "measured"), ("fitted", "fitted model"), ("ideal", "as designed"))
     if dg.kind == "scan":
-        fig, axes = plt.subplots(3, n, figsize=(2.6 * n, 7.5), squeeze=False)
+        fig = new_figure(2.6 * n, 7.5)
+        axes = fig.subplots(3, n, squeeze=False)
         for j in range(n):
             vmax = float(np.max(ex["measured"][j])) or 1.0
             for i, (key, title) in enumerate(rows):
@@ -52,7 +44,8 @@ def patterns_figure(dg, path) -> None:
                     ax.set_ylabel(title)
             axes[0, j].set_title(f"sample {ex['indices'][j]}")
     else:
-        fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3), squeeze=False)
+        fig = new_figure(3.2 * n, 3)
+        axes = fig.subplots(1, n, squeeze=False)
         for j in range(n):
             ax = axes[0, j]
             K = ex["measured"].shape[1]
@@ -63,18 +56,19 @@ def patterns_figure(dg, path) -> None:
             ax.set_xlabel("detector")
         axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def offsets_figure(dg, path) -> None:
-    plt = _plt()
+    from matplotlib.patches import Rectangle  # noqa: PLC0415
+
     planes = []
     for e, p in zip(dg.estimates(), dg.params):
         if p.kind in ("lateral", "detector", "input"):
             planes.append((p.label.rsplit(" ", 1)[0], p.label[-1], e))
     names = list(dict.fromkeys(name for name, _, _ in planes))
-    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(names) + 1), 3.6))
+    fig = new_figure(max(4, 1.3 * len(names) + 1), 3.6)
+    ax = fig.subplots()
     if not names:
         ax.text(0.5, 0.5, "no lateral offsets fitted", ha="center", va="center", transform=ax.transAxes)
     for i, name in enumerate(names):
@@ -83,7 +77,7 @@ def offsets_figure(dg, path) -> None:
         sx, sy = (xy[a]["sigma"] or 0.0 for a in "xy")
         ok = xy["x"]["determined"] and xy["y"]["determined"]
         colour = "C0" if ok else "0.7"
-        ax.add_patch(_plt().Rectangle((i + dx - 2 * sx, dy - 2 * sy), 4 * sx, 4 * sy, color=colour, alpha=0.3))
+        ax.add_patch(Rectangle((i + dx - 2 * sx, dy - 2 * sy), 4 * sx, 4 * sy, color=colour, alpha=0.3))
         ax.annotate("", xy=(i + dx, dy), xytext=(i, 0), arrowprops={"arrowstyle": "->", "color": colour})
         ax.plot([i], [0], "k.", ms=4)
     ax.set_xticks(range(len(names)))
@@ -92,13 +86,12 @@ def offsets_figure(dg, path) -> None:
     ax.axhline(0, color="0.8", lw=0.5)
     ax.set_title("fitted lateral offsets (mm), 2-sigma boxes; grey: not determined", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def loss_figure(dg, path) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig = new_figure(5, 3.4)
+    ax = fig.subplots()
     for j, s in enumerate(dg.starts):
         ax.semilogy(s.losses, "-o", ms=3, label=f"start {j + 1} ({dg.samples_fitted['coarse']} samples)")
     ax.semilogy(dg.fine.losses, "k-s", ms=3, label=f"refinement ({dg.samples_fitted['fine']} samples)")
@@ -106,8 +99,7 @@ def loss_figure(dg, path) -> None:
     ax.set_ylabel("sum of squared residuals")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def markdown(dg) -> str:
