@@ -124,6 +124,8 @@ def one_draw(args, design, seed, eval_images, eval_labels, work: Path) -> dict:
           "--starts", args.starts, "--iterations", args.iterations, "--seed", seed, "--json", "--quiet"]
     if args.fit:
         dg += ["--fit", args.fit]
+    if args.coarse_on:
+        dg += ["--coarse-on", args.coarse_on]
     fit = json.loads(_run(dg))
     seconds = time.perf_counter() - t0
     true = truth_values(truth, design)
@@ -138,6 +140,9 @@ def one_draw(args, design, seed, eval_images, eval_labels, work: Path) -> dict:
     return {"seed": seed, "format": args.format, "samples": args.samples, "noise": args.noise,
             "gain_spread": args.gain_spread if args.format == "csv" else 0.0, "errors": errors,
             "fit_accuracy": fit["accuracy"], "starts": [s["loss"] for s in fit["starts"]],
+            "explained": fit.get("explained"), "warnings": fit.get("warnings"),
+            "coarse_on": "powers" if args.format == "csv" or any("detector powers read out" in n for n in fit["notes"])
+            else "scans",
             "eval": {"samples": len(eval_labels), "ideal": ideal, "as_built": as_built, "corrected": fixed},
             "seconds": round(seconds, 1)}
 
@@ -201,8 +206,12 @@ def table(rows, design_name, design=None):
         # recomputed from the row (rows written before diagnose warned carry no "warnings")
         per_sample = (np.prod(design.layer_shape) if r["format"] == "scan" else len(design.detectors)) \
             if design is not None else None
-        explained = None if per_sample is None else 1 - min(r["starts"]) / (min(32, r["samples"]) * per_sample)
-        warned = fit_warnings(r["starts"], r["fit_accuracy"], r["samples"], explained)
+        explained = r.get("explained")
+        if explained is None and per_sample is not None:  # rows from before diagnose reported it
+            explained = 1 - min(r["starts"]) / (min(32, r["samples"]) * per_sample)
+        warned = r.get("warnings")
+        if warned is None:
+            warned = fit_warnings(r["starts"], r["fit_accuracy"], r["samples"], explained)
         flags = ", ".join(("one winning start" if "only 1 of" in w else "accuracy mismatch" if "classifies" in w
                            else "explains little") for w in warned) or "-"
         flags = (f"explained {explained:.2f}; " if explained is not None else "") + flags
@@ -229,6 +238,7 @@ def main_(argv=None):
     ap.add_argument("--fit", default=None, help="as for d2nn diagnose (default: its default)")
     ap.add_argument("--starts", type=int, default=4)
     ap.add_argument("--iterations", type=int, default=20)
+    ap.add_argument("--coarse-on", choices=["powers", "scans"], default=None, help="as for d2nn diagnose")
     ap.add_argument("--out", required=True, help="JSON lines, one per draw (appended; seeds already there skipped)")
     args = ap.parse_args(argv)
     design = load_design(args.design)

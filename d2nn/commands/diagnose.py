@@ -41,6 +41,9 @@ def register(sub):
                                                          "(default 4)")
     p.add_argument("--coarse-samples", type=int, default=32,
                    help="samples each start is fitted on before the best is refined on all (default 32)")
+    p.add_argument("--coarse-on", choices=["powers", "scans"], default="powers",
+                   help="what the starts of a scan are fitted to: the detector powers read out of the scans (a "
+                        "smoother landscape; default) or the scans themselves. Refinement always uses the scans")
     p.add_argument("--max-samples", type=int, default=None, help="refine on at most this many samples (default all)")
     p.add_argument("--iterations", type=int, default=20, help="Levenberg-Marquardt steps of each start and of the refinement "
                                                               "(default 20)")
@@ -136,7 +139,7 @@ def run(args) -> int:
     dg = diagnose(design, measured, images[measured.inputs], budget=budget, kinds=kinds, background=background,
                   gains=gains, starts=args.starts, coarse_samples=args.coarse_samples, fine_samples=args.max_samples,
                   max_iter=args.iterations, oversample=args.oversample, seed=args.seed, design_name=str(args.design),
-                  progress=_progress(args.quiet), measured_accuracy=measured_accuracy)
+                  progress=_progress(args.quiet), measured_accuracy=measured_accuracy, coarse_on=args.coarse_on)
     files = write_report(dg, args.report, force=args.force) if args.report else None
     if args.json:
         out = dg.to_json()
