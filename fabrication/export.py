@@ -384,6 +384,10 @@ def check_manifest(doc, path=MANIFEST) -> None:
             raise bad(f"layers[{k}].file", f"must be the plain name of a file in the export folder, got {_short(name)}")
         if e.get("sha256") is not None and not isinstance(e["sha256"], str):
             raise bad(f"layers[{k}].sha256", f"must be a string, got {_short(e['sha256'])}")
+    files = [e["file"] for e in layers]
+    for k, name in enumerate(files):
+        if name in files[:k]:  # two plates cannot be one mesh: the second would be read as the first
+            raise bad(f"layers[{k}].file", f"names {name!r}, the file of layers[{files.index(name)}] too")
     if sorted(e["layer"] for e in layers) != list(range(1, n_layers + 1)):
         raise bad("layers", f"must number its layers 1 .. {n_layers} once each, got {[e['layer'] for e in layers]}")
 

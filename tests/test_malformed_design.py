@@ -711,3 +711,15 @@ def test_command_line_reports_one_line_and_writes_nothing(designs, export, work,
     assert err.count("\n") == 0 and p.name in err and err.startswith(f"d2nn {args[0]}: error: "), err
     assert not target.exists() and not list(work.glob(f".cli-{damage}*"))
     assert (_snapshot(design_folder), _snapshot(stl)) == before
+
+
+def test_two_layers_naming_one_mesh_are_refused(export, work):
+    """Found by test_damaged_manifest_fields: layer 2's entry naming layer_01.stl read layer 1's
+    mesh as layer 2 and was accepted."""
+    design, out, _ = export
+    folder = _copy(out, work)
+    doc = json.loads((folder / "manifest.json").read_text())
+    doc["layers"][1]["file"] = doc["layers"][0]["file"]
+    (folder / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(D2NNError, match=r"layers\[1\]\.file.*names 'layer_01\.stl', the file of layers\[0\] too"):
+        printed_from_stl(design, folder)
