@@ -203,6 +203,9 @@ class Design:
         if h > extent_y * (1 + _TOL) or w > extent_x * (1 + _TOL):
             raise FieldError("input.size_yx_m", f"{[h, w]} m is larger than the layer "
                                                 f"({extent_y:.4g} x {extent_x:.4g} m, h x w)")
+        from .encoding import input_pixels  # noqa: PLC0415
+
+        input_pixels(g.grid, (min(h, extent_y), min(w, extent_x)))  # at least one pixel (FieldError)
         dets = tuple(self.detectors) if isinstance(self.detectors, (list, tuple)) else None
         if not dets:
             raise FieldError("detectors", f"must be a non-empty list of Detector, got {self.detectors!r}")

@@ -55,8 +55,9 @@ def input_pixels(grid: Grid, size_yx_m) -> tuple[int, int]:
     h, w = (positive_finite("input size_yx_m", v) for v in size_yx_m)
     ny, nx = int(round(h / grid.pitch_m)), int(round(w / grid.pitch_m))
     if ny < 1 or nx < 1 or ny > grid.ny or nx > grid.nx:
-        raise D2NNError(f"input size_yx_m {list(size_yx_m)} m covers {ny} x {nx} pixels, which must be between "
-                         f"1 and the grid {list(grid.shape)}")
+        raise FieldError("input.size_yx_m", f"= {list(size_yx_m)} m covers {ny} x {nx} pixels of "
+                                            f"{grid.pitch_m:g} m, which must be between 1 and the grid "
+                                            f"{list(grid.shape)}")
     return ny, nx
 
 

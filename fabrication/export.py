@@ -380,7 +380,7 @@ def check_manifest(doc, path=MANIFEST) -> None:
         count(e.get("layer"), f"layers[{k}].layer")
         name = e.get("file")
         if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name \
-                or "\0" in name:
+                or not name.isprintable():
             raise bad(f"layers[{k}].file", f"must be the plain name of a file in the export folder, got {_short(name)}")
         if e.get("sha256") is not None and not isinstance(e["sha256"], str):
             raise bad(f"layers[{k}].sha256", f"must be a string, got {_short(e['sha256'])}")

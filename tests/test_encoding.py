@@ -67,9 +67,9 @@ def test_bad_images_and_sizes_are_refused():
     grid = Grid((40, 40), 0.4e-3)
     with pytest.raises(ValueError, match="encoding"):
         encode(np.ones((1, 8, 8)), grid, (8e-3, 8e-3), "intensity")
-    with pytest.raises(ValueError, match="input size_yx_m"):
+    with pytest.raises(ValueError, match="input.size_yx_m"):
         input_pixels(grid, (20e-3, 8e-3))
-    with pytest.raises(ValueError, match="input size_yx_m"):
+    with pytest.raises(ValueError, match="input.size_yx_m"):
         input_pixels(grid, (-1e-3, 8e-3))
     with pytest.raises(ValueError, match="images"):
         place_images(np.ones((2, 2, 8, 8)), grid, (8e-3, 8e-3))
