@@ -41,9 +41,10 @@ def register(sub):
                                                          "(default 4)")
     p.add_argument("--coarse-samples", type=int, default=32,
                    help="samples each start is fitted on before the best is refined on all (default 32)")
-    p.add_argument("--coarse-on", choices=["powers", "scans"], default="powers",
-                   help="what the starts of a scan are fitted to: the detector powers read out of the scans (a "
-                        "smoother landscape; default) or the scans themselves. Refinement always uses the scans")
+    p.add_argument("--coarse-on", choices=["powers", "scans"], default="scans",
+                   help="what the starts of a scan are fitted to: the scans themselves (default) or the detector "
+                        "powers read out of them (a smoother landscape: try it when a fit is flagged; "
+                        "docs/diagnose.md). Refinement always uses the scans")
     p.add_argument("--max-samples", type=int, default=None, help="refine on at most this many samples (default all)")
     p.add_argument("--iterations", type=int, default=20, help="Levenberg-Marquardt steps of each start and of the refinement "
                                                               "(default 20)")

@@ -465,7 +465,7 @@ def _accuracy(scores_or_powers, design, labels, *, powers=True):
 def diagnose(design, measured, images, *, budget: ErrorBudget | None, kinds=DEFAULT_FIT, background=None,
              gains=None, starts: int = 4, coarse_samples: int = 32, fine_samples: int | None = None,
              max_iter: int = 20, max_step: float = 0.5, oversample: int = 1, seed: int = 0, workers=None, design_name: str = "design",
-             progress=None, measured_accuracy: float | None = None, coarse_on: str = "powers") -> Diagnosis:
+             progress=None, measured_accuracy: float | None = None, coarse_on: str = "scans") -> Diagnosis:
     """Fit the as-built errors of ``design`` to ``measured`` (a :class:`~.io.Scan` or
     :class:`~.io.DetectorPowers` with ``inputs``), ``images`` (N, h, w) the measured objects.
 
@@ -473,9 +473,10 @@ def diagnose(design, measured, images, *, budget: ErrorBudget | None, kinds=DEFA
     the random starts and the "not determined" threshold. ``kinds``: :data:`FIT_KINDS` names.
     ``background``, ``gains``: as for ``d2nn evaluate``. ``starts``: the designed stack plus
     ``starts - 1`` budget draws, each fitted on ``coarse_samples`` samples; the best is refined
-    on ``fine_samples`` (default all). ``coarse_on``: ``"powers"`` fits the starts of a scan on
-    the simulation grid to the detector powers read out of it (a smoother landscape), ``"scans"``
-    to the scans. ``progress(stage, done, total, loss)``.
+    on ``fine_samples`` (default all). ``coarse_on``: ``"scans"`` fits the starts to the scans,
+    ``"powers"`` (scans on the simulation grid) to the detector powers read out of them: a
+    smoother landscape, which found the right basin where scans did not, but whose refinement
+    stopped 47 um short on the quickstart draw where scans reached 1 um (docs/diagnose.md). ``progress(stage, done, total, loss)``.
     """
     t0 = time.perf_counter()
     if measured.inputs is None:
@@ -520,10 +521,10 @@ def diagnose(design, measured, images, *, budget: ErrorBudget | None, kinds=DEFA
         res = _residual_fn(model, data, subset, fit_gains)
         return lambda th: res(as_built_of(th * unit, params, base, L))
 
-    # Scans on the simulation grid: the starts are fitted to the detector powers read out of
-    # them (same probe: one scale). Ten numbers per object give a smoother landscape than the
-    # whole scan: on fashion-holder, fits of powers found the right basin in 3 of 3 draws where
-    # fits of the scans stalled in a wrong one in 1 of 3 (benchmarks/README.md, "Diagnosis").
+    # coarse_on="powers", scans on the simulation grid: the starts are fitted to the detector
+    # powers read out of them (same probe: one scale). Ten numbers per object give a smoother
+    # landscape than the whole scan: on fashion-holder, fits of powers found the right basin in
+    # 3 of 3 draws where fits of the scans stalled in a wrong one in 1 of 3 (benchmarks/README.md).
     powers_first = coarse_on == "powers" and measured.kind == "scan" and model._identity_scan and model.k == 1
     if coarse_on not in ("powers", "scans"):
         raise D2NNError(f"coarse_on must be 'powers' or 'scans', got {coarse_on!r}")
