@@ -80,7 +80,6 @@ def _progress(quiet):
 
 def run(args) -> int:
     """Run ``d2nn diagnose`` with the parsed ``args``; returns the exit code (0)."""
-    import numpy as np  # noqa: PLC0415
 
     from diffractive._io import refuse_overwriting_inputs  # noqa: PLC0415
     from diffractive.budget import load_budget  # noqa: PLC0415
@@ -89,9 +88,8 @@ def run(args) -> int:
     from diffractive.measured.diagnose_report import write_report  # noqa: PLC0415
     from diffractive.measured.io import read_background, read_gains, read_measured  # noqa: PLC0415
     from diffractive.measured.report import check_report_dir  # noqa: PLC0415
-    from training.datasets import DatasetMissing, IdxFormatError, design_split  # noqa: PLC0415
 
-    from .evaluate import _dataset_name  # noqa: PLC0415
+    from .evaluate import _dataset_name, measured_split  # noqa: PLC0415
 
     for flag, value, lo in (("--starts", args.starts, 1), ("--coarse-samples", args.coarse_samples, 1),
                             ("--iterations", args.iterations, 1), ("--max-samples", args.max_samples or 1, 1)):
@@ -119,16 +117,7 @@ def run(args) -> int:
     dataset, _ = _dataset_name(args, design)
     if dataset is None:
         raise UserError("no dataset known for the input indices: pass --dataset")
-    try:
-        images, ds_labels = design_split(design, dataset, args.split)
-    except (DatasetMissing, IdxFormatError, ValueError) as e:
-        raise UserError(f"--dataset {dataset}: {e}") from None
-    bad = measured.inputs >= len(images)
-    if bad.any():
-        i = int(np.argmax(bad))
-        field = "column 'input'" if measured.kind == "detectors" else "field 'inputs'"
-        raise UserError(f"{args.measured}: {field} of sample {measured.sample_ids[i]!r} = {int(measured.inputs[i])} is "
-                        f"out of range: {dataset}/{args.split} has {len(images)} images")
+    images, _ = measured_split(args, design, measured, dataset)
     measured_accuracy = None
     if measured.kind == "scan":  # what 'd2nn evaluate' reports for the same file (registered scans)
         from diffractive.measured.evaluate import evaluate_measurement  # noqa: PLC0415

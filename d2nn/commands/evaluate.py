@@ -63,6 +63,26 @@ def _input_files(args) -> list:
     return [folder / "design.json", folder / "phases.npz", args.measured, args.background, args.gains]
 
 
+def measured_split(args, design, measured, dataset):
+    """(images, labels) of ``dataset``/``args.split`` as ``design`` was trained on it, checked
+    against the measured file's input indices (one line naming the file, field and sample)."""
+    import numpy as np  # noqa: PLC0415
+
+    from training.datasets import design_split  # noqa: PLC0415
+
+    try:
+        images, labels = design_split(design, dataset, args.split)
+    except ValueError as e:
+        raise UserError(f"--dataset {dataset}: {e}") from None
+    bad = measured.inputs >= len(images)
+    if bad.any():
+        i = int(np.argmax(bad))
+        field = "column 'input'" if measured.kind == "detectors" else "field 'inputs'"
+        raise UserError(f"{args.measured}: {field} of sample {measured.sample_ids[i]!r} = {int(measured.inputs[i])} "
+                        f"is out of range: {dataset}/{args.split} has {len(images)} images")
+    return images, labels
+
+
 def run(args) -> int:
     """Run ``d2nn evaluate`` with the parsed ``args``; returns the exit code (0).
 
@@ -90,18 +110,8 @@ def run(args) -> int:
     dataset, origin = _dataset_name(args, design)
     if measured.inputs is not None and dataset:
         from diffractive.simulate import simulate  # noqa: PLC0415
-        from training.datasets import design_split  # noqa: PLC0415
 
-        try:
-            images, ds_labels = design_split(design, dataset, args.split)
-        except ValueError as e:
-            raise UserError(f"--dataset {dataset}: {e}") from None
-        bad = measured.inputs >= len(images)
-        if bad.any():
-            i = int(np.argmax(bad))
-            field = "column 'input'" if measured.kind == "detectors" else "field 'inputs'"
-            raise UserError(f"{args.measured}: {field} of sample {measured.sample_ids[i]!r} = {int(measured.inputs[i])} "
-                            f"is out of range: {dataset}/{args.split} has {len(images)} images")
+        images, ds_labels = measured_split(args, design, measured, dataset)
         differ = int(np.sum(ds_labels[measured.inputs] != measured.labels))
         if differ:
             pre_warnings.append(f"{differ} of {measured.n} labels differ from the labels {dataset}/{args.split} gives "

@@ -15,15 +15,12 @@ Written into a temporary folder beside ``path`` and renamed into place
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .._plot import new_figure, save_png
-from .report import _swap_into_place, check_report_dir
+from .report import staged_report_dir
 
 
 def patterns_figure(dg, path) -> None:
@@ -110,20 +107,13 @@ def markdown(dg) -> str:
 
 def write_report(dg, path, *, force=False) -> list:
     """Write the report of :class:`~.diagnose.Diagnosis` ``dg`` into folder ``path``; returns the file names."""
-    path = check_report_dir(path, force)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
+    with staged_report_dir(path, force) as tmp:
         (tmp / "fit.json").write_text(json.dumps(dg.to_json(), indent=1, allow_nan=False) + "\n")
         patterns_figure(dg, tmp / "patterns.png")
         offsets_figure(dg, tmp / "offsets.png")
         loss_figure(dg, tmp / "loss.png")
         (tmp / "diagnosis.md").write_text(markdown(dg))
-        os.chmod(tmp, 0o755)
-        _swap_into_place(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return sorted(p.name for p in path.iterdir())
+    return sorted(p.name for p in Path(path).iterdir())
 
 
 __all__ = ["write_report"]

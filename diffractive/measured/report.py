@@ -8,6 +8,7 @@ display backend is involved.
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import math
@@ -232,6 +233,22 @@ def check_report_dir(path, force=False) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def staged_report_dir(path, force=False):
+    """A temporary folder beside the report folder ``path`` (checked by :func:`check_report_dir`)
+    to write the report into; on success it replaces ``path`` whole (:func:`_swap_into_place`),
+    on any failure it is removed: a report appears whole or not at all."""
+    path = check_report_dir(path, force)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        _swap_into_place(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_report(ev, path, *, scan=None, detectors=None, force=False) -> list:
     """Write figures, ``report.md``, ``index.html``, ``evaluation.json`` (and ``gains.json``
     when gains were fitted) into folder ``path``, atomically. Returns the file names.
@@ -239,9 +256,7 @@ def write_report(ev, path, *, scan=None, detectors=None, force=False) -> list:
     ``scan`` (the :class:`~.io.Scan` that was evaluated) and ``detectors`` (the design's) add
     the scan figure; ``force`` replaces a non-empty folder.
     """
-    path = check_report_dir(path, force)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
+    with staged_report_dir(path, force) as tmp:
         figures = []
         confusion_figure(ev, tmp / "confusion.png")
         figures.append(("confusion.png", "Confusion matrix"))
@@ -263,12 +278,7 @@ def write_report(ev, path, *, scan=None, detectors=None, force=False) -> list:
                                                         "fitted_on": ev.source}, indent=1, allow_nan=False) + "\n")
         (tmp / "report.md").write_text(markdown(ev, figures))
         (tmp / "index.html").write_text(html_page(ev, figures))
-        os.chmod(tmp, 0o755)
-        _swap_into_place(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return sorted(p.name for p in path.iterdir())
+    return sorted(p.name for p in Path(path).iterdir())
 
 
 def _usable_gains(gains) -> bool:
