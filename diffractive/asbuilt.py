@@ -47,10 +47,15 @@ placed the same way; detector masks are area-weighted on the fine grid (exact fo
 axis-aligned detectors) and then placed. Detector powers are divided by ``k**2``, so they
 are in the same units at every ``k``.
 
+Spectrum: a stack is built for one source line (:func:`build`, ``wavelength_m``); a
+broadband source is one stack per line (:func:`build_lines`) summed incoherently
+(:mod:`diffractive.spectrum`). ``wavelength_error`` detunes every line; the index and
+extinction at the detuned wavelength come from the material's dispersion table if it has one
+(:meth:`~diffractive.materials.Material.at`), and ``index_error`` scales them.
+
 Not modelled: plate tilt (a tilted thin plate is not a thin element on a plane; a
 first-order model would need a multi-slice propagation that this code does not have),
-reflections between plates, and a wavelength dependence of ``n`` (``index_error`` and
-``wavelength_error`` are independent).
+and reflections between plates.
 """
 from __future__ import annotations
 
@@ -354,7 +359,7 @@ class BuiltStack:
         the ideal as-built stack is :func:`diffractive.simulate.simulate` bit for bit."""
         ab = self.as_built
         return (ab.z_step_m is None and not ab.absorption and ab.thickness_error == 0 and ab.defect_fraction == 0
-                and ab.index_error == 0 and ab.wavelength_error == 0)
+                and ab.index_error == 0 and self.geometry.wavelength_m == self.design.wavelength_m)
 
     def transmissions(self, phases=None, amplitudes=None, heights_m=None):
         """Complex transmissions (L, ny*k, nx*k) of the printed, placed layers.
@@ -451,10 +456,11 @@ def hop_shifts(as_built: AsBuilt, n_layers: int) -> tuple:
 
 
 def fine_geometry(design, oversample: int = 1, *, gap_errors_m=(), wavelength_error: float = 0.0,
-                  hop_shifts_xy_m=()) -> StackGeometry:
+                  hop_shifts_xy_m=(), wavelength_m: float | None = None) -> StackGeometry:
     """The as-built :class:`StackGeometry`: pitch / k, layer and window shapes times k, the
-    gaps with their errors, the detuned wavelength, the hops' lateral shifts
-    (:func:`hop_shifts`). Raises :class:`D2NNError` if a gap closes."""
+    gaps with their errors, the source line ``wavelength_m`` (default the design wavelength)
+    detuned by ``wavelength_error``, the hops' lateral shifts (:func:`hop_shifts`). Raises
+    :class:`D2NNError` if a gap closes."""
     k = check_oversample(oversample)
     g = design.geometry
     d = np.asarray(g.distances_m, dtype=np.float64)
@@ -464,13 +470,32 @@ def fine_geometry(design, oversample: int = 1, *, gap_errors_m=(), wavelength_er
         d = d + np.asarray(gap_errors_m, dtype=np.float64)
     if np.any(d <= 0):
         raise D2NNError(f"the as-built gaps {[round(v * 1e3, 4) for v in d]} mm must stay positive")
+    lam = g.wavelength_m if wavelength_m is None else float(wavelength_m)
     return StackGeometry((g.layer_shape[0] * k, g.layer_shape[1] * k), g.pitch_m / k,
-                         g.wavelength_m * (1.0 + wavelength_error), tuple(float(v) for v in d),
+                         lam * (1.0 + wavelength_error) if wavelength_error else lam, tuple(float(v) for v in d),
                          (g.window_shape[0] * k, g.window_shape[1] * k), g.band_limit, hop_shifts_xy_m)
 
 
-def build(design, as_built: AsBuilt | None = None, *, oversample: int = 1, xp=np, engine=None) -> BuiltStack:
-    """Realise ``design`` with the deviations ``as_built`` on a grid oversampled ``oversample`` times.
+def material_at(design, wavelength_m: float) -> tuple[float, float]:
+    """``(n, kappa)`` of the design's material at ``wavelength_m``: exactly the design's values
+    at the design wavelength, else :meth:`~diffractive.materials.Material.at` (a
+    :class:`D2NNError` with the numbers outside a dispersion table's range)."""
+    if wavelength_m == design.wavelength_m:
+        return design.material.n, design.material.kappa
+    try:
+        return design.material.at(wavelength_m)
+    except FieldError as e:
+        raise D2NNError(f"the source at {wavelength_m * 1e3:.6g} mm: {e.problem}") from None
+
+
+def build(design, as_built: AsBuilt | None = None, *, oversample: int = 1, xp=np, engine=None,
+          wavelength_m: float | None = None) -> BuiltStack:
+    """Realise ``design`` with the deviations ``as_built`` on a grid oversampled ``oversample`` times,
+    lit by the source line ``wavelength_m`` (default the design wavelength; one line of
+    :attr:`~diffractive.design.Design.lines`), detuned by ``as_built.wavelength_error``.
+    The material's index and extinction are taken at that wavelength
+    (:meth:`~diffractive.materials.Material.at`); the printed heights stay those of the design
+    wavelength.
 
     ``engine``: an engine on the same fine grid and window (e.g. the previous draw's) whose
     FFT workspaces the new stack reuses (:meth:`diffractive.propagation.Engine.retuned`);
@@ -489,7 +514,7 @@ def build(design, as_built: AsBuilt | None = None, *, oversample: int = 1, xp=np
     # lateral offsets are translations of the planes' grids, folded into the hops (exact for any
     # offset); rotations, the object's scale and the oversampling are resamplings (placement)
     geometry = fine_geometry(design, k, gap_errors_m=ab.gap_errors_m, wavelength_error=ab.wavelength_error,
-                             hop_shifts_xy_m=hop_shifts(ab, L))
+                             hop_shifts_xy_m=hop_shifts(ab, L), wavelength_m=wavelength_m)
     shape = design.layer_shape
     rotations = ab.layer_rotations_rad or (0.0,) * L
     layers = [placement(shape, k, (0.0, 0.0), rot) for rot in rotations]
@@ -498,10 +523,11 @@ def build(design, as_built: AsBuilt | None = None, *, oversample: int = 1, xp=np
     masks = detector_masks(design.detectors, fine_grid, np)
     masks = apply_placement(masks, placement(fine_grid.shape, 1, (0.0, 0.0), ab.detector_rotation_rad),
                             fine_grid.shape)
-    n = design.material.n * (1.0 + ab.index_error)
+    n0, kappa0 = material_at(design, geometry.wavelength_m)
+    n = n0 * (1.0 + ab.index_error)
     if n <= 1:
         raise D2NNError(f"index_error {ab.index_error} leaves a refractive index {n:.4g} <= 1")
-    kappa = design.material.kappa * (1.0 + ab.kappa_error) if ab.absorption else 0.0
+    kappa = kappa0 * (1.0 + ab.kappa_error) if ab.absorption else 0.0
     defect_mask = defect_heights = None
     if ab.defect_fraction > 0:
         rng = np.random.default_rng(ab.defect_seed)
@@ -519,37 +545,122 @@ def build(design, as_built: AsBuilt | None = None, *, oversample: int = 1, xp=np
     return stack
 
 
+@dataclass
+class BuiltLines:
+    """A design as built under a source spectrum: one :class:`BuiltStack` per line
+    (``stacks``, the same deviations, each at its wavelength) and the readout matrix
+    ``weights`` (lines, detectors) of :func:`diffractive.spectrum.readout_weights`: detector
+    powers are ``sum_j weights[j] * stacks[j].readout(I_j)``."""
+
+    stacks: list
+    weights: np.ndarray
+    spectrum: object
+    line_weights: np.ndarray | None = None  # each stack's share of the total power (default the spectrum's)
+
+    def __post_init__(self):
+        if self.line_weights is None:
+            self.line_weights = np.asarray(self.spectrum.weights, dtype=np.float64)
+
+    def subset(self, indices, factors) -> "BuiltLines":
+        """The lines ``indices`` only, their weights times ``factors``
+        (:func:`diffractive.spectrum.sample_lines`)."""
+        idx = [int(i) for i in indices]
+        f = np.asarray(factors, dtype=np.float64)
+        return BuiltLines([self.stacks[i] for i in idx], self.weights[idx] * f[:, None], self.spectrum,
+                          self.line_weights[idx] * f)
+
+
+def build_lines(design, as_built: AsBuilt | None = None, *, oversample: int = 1, xp=np, engine=None,
+                spectrum=None) -> BuiltLines:
+    """:func:`build` at every line of ``spectrum`` (default :attr:`~diffractive.design.Design.lines`).
+
+    A spectrum other than the design's may be given (a frequency sweep lights the stack with
+    one line at a time) unless a detector reads one line (``band``): those indices belong to
+    the design's spectrum. The stacks share the FFT workspaces of ``engine`` or of the first
+    stack (:meth:`~diffractive.propagation.Engine.retuned`), so they run one after the other.
+    """
+    from .spectrum import Spectrum, readout_weights  # noqa: PLC0415
+
+    lines = design.lines if spectrum is None else spectrum
+    if not isinstance(lines, Spectrum):
+        raise D2NNError(f"spectrum must be a Spectrum, got {type(lines).__name__}")
+    if spectrum is not None and spectrum != design.lines and any(d.band is not None for d in design.detectors):
+        raise D2NNError("this design's detectors read single lines of its own spectrum (detector 'band'); it "
+                        "cannot be lit with another spectrum")
+    stacks = []
+    for lam in lines.wavelengths_m:
+        st = build(design, as_built, oversample=oversample, xp=xp, engine=engine, wavelength_m=lam)
+        engine = st.engine()
+        stacks.append(st)
+    return BuiltLines(stacks, readout_weights(lines, design.detectors), lines)
+
+
 def simulate_built(design, images, as_built: AsBuilt | None = None, *, oversample: int = 1, heights_m=None,
                    transmissions=None, batch_size: int = 64, backend=None, keep_intensity: bool = False, workers=None,
-                   progress=None, stack: BuiltStack | None = None):
+                   progress=None, stack=None, spectrum=None):
     """Simulate ``images`` (N, h, w) through ``design`` as built; a
     :class:`~diffractive.simulate.SimulationResult` (powers in design-grid units).
 
+    The source is the design's spectrum (:attr:`~diffractive.design.Design.lines`) or
+    ``spectrum``; with several lines the powers, total power and intensity are the weighted
+    incoherent sums of :mod:`diffractive.spectrum`.
     ``heights_m`` (L, ny, nx): printed heights to use instead of the design's phases (read
-    back from STL files); ``transmissions`` (L, ny*k, nx*k): the layers themselves.
-    ``stack``: an already built stack (then ``as_built`` and ``oversample`` are its, and so is
-    the array library unless ``backend`` is given). ``progress(n_done)`` after each batch.
+    back from STL files); ``transmissions`` (L, ny*k, nx*k): the layers themselves (one
+    line only: a transmission belongs to one wavelength).
+    ``stack``: an already built :class:`BuiltStack` or :class:`BuiltLines` (then ``as_built``,
+    ``oversample`` and ``spectrum`` are its, and so is the array library unless ``backend`` is
+    given). ``progress(n_done)`` after each batch.
     :func:`diffractive.simulate.simulate` is this function for the ideal stack.
     """
     from .simulate import SimulationResult  # noqa: PLC0415
 
     # a given stack runs on its own library: heights_m / transmissions go to its device
-    xp = stack.xp if stack is not None and backend is None else resolve_backend(backend)
+    first = stack.stacks[0] if isinstance(stack, BuiltLines) else stack
+    xp = first.xp if stack is not None and backend is None else resolve_backend(backend)
     if stack is None:
-        stack = build(design, as_built, oversample=oversample, xp=xp)
-    if transmissions is not None:
-        t = xp.asarray(transmissions, dtype=np.complex64)
+        lines = design.lines if spectrum is None else spectrum
+        if lines.is_monochromatic_at(design.wavelength_m):
+            stack = build(design, as_built, oversample=oversample, xp=xp)
+        else:
+            stack = build_lines(design, as_built, oversample=oversample, xp=xp, spectrum=lines)
+    if isinstance(stack, BuiltLines) and len(stack.stacks) == 1 and np.all(stack.weights == 1.0):
+        stack = stack.stacks[0]  # one line of weight 1: the monochromatic path, bit for bit
+    if isinstance(stack, BuiltLines):
+        if transmissions is not None:
+            raise D2NNError("transmissions belong to one wavelength; a spectrum of several lines needs heights_m "
+                            "or the design's phases")
+        parts = [(st, st.transmissions(heights_m=None if heights_m is None else xp.asarray(heights_m, np.float32)))
+                 for st in stack.stacks]
+        W = stack.weights
+        line_w = stack.line_weights
     else:
-        t = stack.transmissions(heights_m=None if heights_m is None else xp.asarray(heights_m, dtype=np.float32))
+        if transmissions is not None:
+            t = xp.asarray(transmissions, dtype=np.complex64)
+        else:
+            t = stack.transmissions(heights_m=None if heights_m is None else xp.asarray(heights_m, dtype=np.float32))
+        parts, W, line_w = [(stack, t)], None, None
     powers, totals, intens = [], [], []
     n = len(images)
-    k2 = float(stack.oversample ** 2)
+    k2 = float(parts[0][0].oversample ** 2)
     for a in range(0, n, batch_size):
-        inten = stack.intensity(images[a:a + batch_size], transmissions=t, workers=workers)
-        powers.append(to_numpy(stack.readout(inten)))
-        totals.append(to_numpy(inten.sum(axis=(-2, -1))) / k2)
+        p_sum = tot = i_sum = None
+        for j, (st, t) in enumerate(parts):
+            inten = st.intensity(images[a:a + batch_size], transmissions=t, workers=workers)
+            p = to_numpy(st.readout(inten))
+            total = to_numpy(inten.sum(axis=(-2, -1))) / k2
+            if W is None:
+                p_sum, tot, i_sum = p, total, (to_numpy(inten) if keep_intensity else None)
+                continue
+            p = p.astype(np.float64) * W[j]
+            p_sum = p if p_sum is None else p_sum + p
+            tot = line_w[j] * total if tot is None else tot + line_w[j] * total
+            if keep_intensity:
+                i = line_w[j] * to_numpy(inten).astype(np.float64)
+                i_sum = i if i_sum is None else i_sum + i
+        powers.append(p_sum)
+        totals.append(tot)
         if keep_intensity:
-            intens.append(to_numpy(inten))
+            intens.append(i_sum)
         if progress is not None:
             progress(min(n, a + batch_size))
     powers = np.concatenate(powers) if powers else np.zeros((0, len(design.detectors)))
@@ -594,5 +705,5 @@ def read_as_built(path, n_layers: int | None = None) -> AsBuilt:
     return ab
 
 
-__all__ = ["AsBuilt", "BuiltStack", "MAX_OVERSAMPLE", "apply_placement", "build", "check_oversample",
-           "fine_geometry", "placement", "read_as_built", "simulate_built"]
+__all__ = ["AsBuilt", "BuiltLines", "BuiltStack", "MAX_OVERSAMPLE", "apply_placement", "build", "build_lines",
+           "check_oversample", "fine_geometry", "material_at", "placement", "read_as_built", "simulate_built"]

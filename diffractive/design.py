@@ -32,7 +32,8 @@ from .detectors import Detector
 from .encoding import InputSpec
 from .errors import DesignError, FieldError, InputTypeError, OutputExists, field_errors
 from .grid import Grid
-from .materials import LIN2018, Fabrication, Material
+from .materials import LIN2018, Dispersion, Fabrication, Material
+from .spectrum import Spectrum
 from .stack import StackGeometry
 
 __all__ = ["SCHEMA", "SCHEMA_V1", "APERTURES", "LIMITS", "MAX_AXIS_PIXELS", "Design", "DesignError",
@@ -80,6 +81,10 @@ def _check_limits(g: StackGeometry, material: Material, fabrication: Fabrication
     values += [("material.n", "material.n", material.n), ("material.kappa", "material.kappa", material.kappa),
                ("fabrication.base_m", "fabrication.base_m", fabrication.base_m),
                ("fabrication.z_step_m", "fabrication.z_step_m", fabrication.z_step_m)]
+    if material.dispersion is not None:
+        values += [(f"material.dispersion.n[{i}]", "material.n", v) for i, v in enumerate(material.dispersion.n)]
+        values += [(f"material.dispersion.kappa[{i}]", "material.kappa", v)
+                   for i, v in enumerate(material.dispersion.kappa)]
     for name, key, v in values:
         lo, hi = LIMITS[key]
         if (lo is not None and v < lo) or v > hi:
@@ -188,6 +193,7 @@ class Design:
     aperture: str = "opaque"
     provenance: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    spectrum: Spectrum | None = None
 
     def __post_init__(self):
         g = self.geometry
@@ -228,6 +234,7 @@ class Design:
                 raise FieldError("detectors", f"has no positive detector for class {c}")
         if any(d.class_index >= n_classes for d in dets):
             raise FieldError("detectors", f"names a class >= n_classes ({n_classes})")
+        self._check_spectrum(dets)
         if self.aperture not in APERTURES:
             raise FieldError("aperture", f"must be one of {list(APERTURES)}, got {self.aperture!r}")
         expected = (g.n_layers,) + g.layer_shape
@@ -250,10 +257,53 @@ class Design:
             _check_record(name, rec)
             object.__setattr__(self, name, freeze(rec))
 
+    def _check_spectrum(self, dets):
+        s, m = self.spectrum, self.material
+        if s is not None and not isinstance(s, Spectrum):
+            raise FieldError("spectrum", f"must be a Spectrum, got {type(s).__name__}")
+        if m.dispersion is not None:
+            n0, k0 = m.dispersion.at(self.wavelength_m) if self._covers(self.wavelength_m) else (None, None)
+            if n0 is None:
+                lo, hi = m.dispersion.range_hz
+                raise FieldError("material.dispersion", f"covers {lo / 1e12:.6g} to {hi / 1e12:.6g} THz, not the "
+                                                        f"design wavelength {self.wavelength_m * 1e3:.6g} mm")
+            if abs(n0 - m.n) > 1e-6 or abs(k0 - m.kappa) > 1e-6:
+                raise FieldError("material.n", f"{m.n!r} and kappa {m.kappa!r} must be the dispersion table's values "
+                                               f"at the design wavelength ({n0:.7g}, {k0:.7g})")
+        lines = self.lines
+        for j, lam in enumerate(lines.wavelengths_m):
+            try:
+                m.at(lam)
+            except FieldError as e:
+                raise FieldError(f"spectrum.wavelengths_m[{j}]", e.problem) from None
+        for k, d in enumerate(dets):
+            if d.band is not None and d.band >= len(lines):
+                raise FieldError(f"detectors[{k}].band", f"is {d.band}, but the source spectrum has {len(lines)} "
+                                                         f"line{'s' if len(lines) != 1 else ''} (0 to {len(lines) - 1})")
+
+    def _covers(self, wavelength_m) -> bool:
+        try:
+            self.material.dispersion.at(wavelength_m)
+            return True
+        except FieldError:
+            return False
+
     # ---- views of the parts
     @property
     def wavelength_m(self) -> float:
+        """The design wavelength (metres): the phases are delays at it, and heights are printed for it."""
         return self.geometry.wavelength_m
+
+    @property
+    def lines(self) -> Spectrum:
+        """The source spectrum (:mod:`diffractive.spectrum`): ``spectrum``, or one line at
+        :attr:`wavelength_m` for a monochromatic design."""
+        return Spectrum.monochromatic(self.wavelength_m) if self.spectrum is None else self.spectrum
+
+    @property
+    def is_monochromatic(self) -> bool:
+        """True when the design is lit at its design wavelength alone (the monochromatic model)."""
+        return self.lines.is_monochromatic_at(self.wavelength_m)
 
     @property
     def pitch_m(self) -> float:
@@ -317,7 +367,7 @@ class Design:
             "modulation": self.modulation,
             "provenance": thaw(self.provenance),
             "metrics": thaw(self.metrics),
-        }
+        } | ({} if self.spectrum is None else {"spectrum": self.spectrum.to_json()})
 
     @classmethod
     def from_json(cls, doc: dict, phases, amplitudes=None, source: str = "design.json") -> "Design":
@@ -362,7 +412,7 @@ def _assemble(cls, fields: dict, phases, amplitudes) -> "Design":
 # --------------------------------------------------------------------------- reading design.json
 _TOP_KEYS = {"schema", "wavelength_m", "pitch_m", "layer_shape", "n_layers", "distances_m", "window_shape",
              "aperture", "n_classes", "input", "detectors", "material", "fabrication", "modulation",
-             "provenance", "metrics"}
+             "provenance", "metrics", "spectrum"}
 _REQUIRED = ("wavelength_m", "pitch_m", "layer_shape", "n_layers", "distances_m", "window_shape", "input",
              "detectors", "material", "fabrication")
 
@@ -412,10 +462,15 @@ def _fields_v2(doc: dict) -> dict:
     dets_doc = doc["detectors"]
     if not isinstance(dets_doc, list) or not dets_doc:
         raise FieldError("detectors", "must be a non-empty list")
-    detectors = [_build(Detector, d, f"detectors[{k}]", ("class_index", "center_xy_m", "size_xy_m"), ("sign",))
-                 for k, d in enumerate(dets_doc)]
-    material = _build(Material, doc["material"], "material", ("name", "n", "kappa"),
-                      ("wavelength_m", "source", "assumption"))
+    detectors = [_build(Detector, d, f"detectors[{k}]", ("class_index", "center_xy_m", "size_xy_m"),
+                        ("sign", "band")) for k, d in enumerate(dets_doc)]
+    mat_doc = dict(_object(doc["material"], "material"))
+    if "dispersion" in mat_doc:
+        with field_errors("material"):
+            mat_doc["dispersion"] = Dispersion.from_json(mat_doc["dispersion"])
+    material = _build(Material, mat_doc, "material", ("name", "n", "kappa"),
+                      ("wavelength_m", "source", "assumption", "dispersion"))
+    spectrum = None if doc.get("spectrum") is None else Spectrum.from_json(doc["spectrum"])
     fabrication = _build(Fabrication, doc["fabrication"], "fabrication", ("base_m", "z_step_m"))
     modulation = doc.get("modulation", "phase")
     if modulation not in MODULATIONS:
@@ -424,7 +479,7 @@ def _fields_v2(doc: dict) -> dict:
         _object(doc.get(key, {}), key)
     return dict(geometry=geometry, input=inp, detectors=detectors, material=material, fabrication=fabrication,
                 modulation=modulation, n_classes=doc.get("n_classes"), aperture=doc.get("aperture", "opaque"),
-                provenance=doc.get("provenance", {}), metrics=doc.get("metrics", {}))
+                provenance=doc.get("provenance", {}), metrics=doc.get("metrics", {}), spectrum=spectrum)
 
 
 def _upgrade_v1(doc: dict, source: str) -> dict:
@@ -550,7 +605,7 @@ def make_design(*, wavelength_m=LIN2018.wavelength_m, pitch_m=LIN2018.pitch_m, l
                 input_size_yx_m=None, phase_scale=math.pi, detectors="lin", detector_size_m=None,
                 detector_spacing_m=None, n_classes=10, material: Material | None = None,
                 fabrication: Fabrication | None = None, phases=None, amplitudes=None, seed=0,
-                provenance=None) -> Design:
+                provenance=None, spectrum: Spectrum | None = None) -> Design:
     """Build a :class:`Design` from a few parameters (defaults: :data:`diffractive.materials.LIN2018`).
 
     Distances: ``distances_m`` (n_layers + 1 values) if given, else ``spacing_m`` between
@@ -560,7 +615,7 @@ def make_design(*, wavelength_m=LIN2018.wavelength_m, pitch_m=LIN2018.pitch_m, l
     :class:`~diffractive.detectors.Detector`; ``detector_size_m`` (side of each square) and
     ``detector_spacing_m`` go to the layout. The input image covers half the layer
     (``input_size_yx_m = (h, w)``) unless told otherwise. ``window_shape=None``: the default
-    FFT window.
+    FFT window. ``spectrum``: the source's lines (default: monochromatic at ``wavelength_m``).
     """
     from .detectors import differential_layout, lin_layout  # noqa: PLC0415
 
@@ -588,4 +643,4 @@ def make_design(*, wavelength_m=LIN2018.wavelength_m, pitch_m=LIN2018.pitch_m, l
         fabrication=LIN2018.fabrication if fabrication is None else fabrication,
         phases=np.asarray(phases, dtype=np.float32),
         amplitudes=None if amplitudes is None else np.asarray(amplitudes, dtype=np.float32),
-        provenance=dict(provenance or {"seed": seed}))
+        provenance=dict(provenance or {"seed": seed}), spectrum=spectrum)

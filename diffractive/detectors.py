@@ -28,14 +28,17 @@ class Detector:
 
     ``center_xy_m = (x, y)`` is its centre and ``size_xy_m = (w, h)`` its width along ``x``
     and height along ``y`` (axes as in :mod:`diffractive.grid`); it votes for class
-    ``class_index`` with ``sign`` +1 or -1. Bad values raise
-    :class:`~diffractive.errors.FieldError` naming the field.
+    ``class_index`` with ``sign`` +1 or -1. It integrates the power over the source
+    spectrum, or with ``band = j`` reads line ``j`` only (spectrally encoded readouts,
+    :mod:`diffractive.spectrum`). Bad values raise :class:`~diffractive.errors.FieldError`
+    naming the field.
     """
 
     class_index: int
     center_xy_m: tuple[float, float]
     size_xy_m: tuple[float, float]
     sign: int = 1
+    band: int | None = None  # read one line of the source spectrum only (diffractive.spectrum)
 
     def __post_init__(self):
         c = self.class_index
@@ -51,10 +54,19 @@ class Detector:
         object.__setattr__(self, "center_xy_m", (cx, cy))
         object.__setattr__(self, "size_xy_m", (w, h))
         object.__setattr__(self, "sign", int(self.sign))
+        b = self.band
+        if b is not None:
+            if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 0:
+                raise FieldError("band", f"must be a line index of the source spectrum (0, 1, ...) or absent, "
+                                         f"got {b!r}")
+            object.__setattr__(self, "band", int(b))
 
     def to_json(self) -> dict:
-        return {"class_index": self.class_index, "center_xy_m": list(self.center_xy_m),
-                "size_xy_m": list(self.size_xy_m), "sign": self.sign}
+        out = {"class_index": self.class_index, "center_xy_m": list(self.center_xy_m),
+               "size_xy_m": list(self.size_xy_m), "sign": self.sign}
+        if self.band is not None:
+            out["band"] = self.band
+        return out
 
 
 def _pair(name, value, check):

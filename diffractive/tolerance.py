@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .asbuilt import build, check_oversample, simulate_built
+from .asbuilt import build_lines, check_oversample, simulate_built
 from .backend import resolve_backend
 from .budget import KINDS, ErrorBudget
 from .convolution import cpu_workers
@@ -170,8 +170,9 @@ def tolerance_at(sizes, means, reference: float, drop: float):
 class _Runner:
     """Scores draws of as-built stacks on fixed images, in parallel threads."""
 
-    def __init__(self, design, images, labels, oversample, seed, workers, batch_size=64, backend=None):
+    def __init__(self, design, images, labels, oversample, seed, workers, batch_size=64, backend=None, spectrum=None):
         self.design = design
+        self.spectrum = spectrum  # None: the design's own
         self.xp = resolve_backend(backend)
         self.images = np.asarray(images, dtype=np.float32)
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -188,10 +189,11 @@ class _Runner:
         d = self.design
         ab = budget.draw(np.random.default_rng([self.seed, point, draw]), d.n_layers, d.fabrication.z_step_m)
         engine = getattr(self._local, "engine", None)
-        stack = build(d, ab, oversample=self.oversample, xp=self.xp, engine=engine)
+        # one stack per source line (one for a monochromatic design), sharing this thread's workspaces
+        stack = build_lines(d, ab, oversample=self.oversample, xp=self.xp, engine=engine, spectrum=self.spectrum)
         n = len(self.images) if n_images is None else n_images
         res = simulate_built(d, self.images[:n], stack=stack, batch_size=self.batch_size, workers=1)
-        self._local.engine = stack.engine()
+        self._local.engine = stack.stacks[-1].engine()
         return float(np.mean(res.predictions == self.labels[:n]))
 
     def run(self, jobs, progress=None):

@@ -252,7 +252,11 @@ def export_design(design, out_dir, *, material: Material | None = None, z_step_m
             "design": {"path": None if design_path is None else str(design_path),
                        "wavelength_mm": lam * 1e3, "pitch_mm": pitch_mm, "layer_shape": [ny, nx], "n_layers": L,
                        "distances_mm": [d * 1e3 for d in design.distances_m], "aperture": design.aperture,
-                       "provenance": dict(design.provenance)},
+                       "provenance": dict(design.provenance),
+                       # the source the stack was designed for: the heights are printed for wavelength_mm,
+                       # and the design was trained to work with these lines (docs/physics.md, "Spectrum")
+                       "source": {**design.lines.to_json(), "describe": design.lines.describe(),
+                                  "monochromatic": design.is_monochromatic}},
             "material": mat.to_json(),
             "z_step_mm": z_mm,
             "base_mm": nb * z_mm,

@@ -23,7 +23,7 @@ from pathlib import Path
 from diffractive._validate import finite_real
 from diffractive.errors import FabricationError, FieldError  # noqa: F401  (FabricationError re-exported)
 from diffractive.heights import _real, _worded, check_index, check_kappa  # noqa: F401  (re-exported)
-from diffractive.materials import LIN2018, MATERIALS, Material  # noqa: F401  (re-exported)
+from diffractive.materials import LIN2018, MATERIALS, Dispersion, Material  # noqa: F401  (re-exported)
 
 
 _ALIASES = {"veroblackplus": "VeroBlackPlus RGD875", "rgd875": "VeroBlackPlus RGD875",
@@ -65,9 +65,10 @@ def material_from_dict(doc: dict, source: str = "material") -> Material:
     if missing:
         raise FabricationError(f"{source}: missing {', '.join(missing)}")
     try:  # the values go to Material as they are: it checks their types (a name must be a string)
+        dispersion = None if doc.get("dispersion") is None else Dispersion.from_json(doc["dispersion"])
         return Material(name=doc.get("name", "custom"), n=doc["n"], kappa=doc["kappa"],
                         wavelength_m=doc.get("wavelength_m"), source=doc.get("source", ""),
-                        assumption=doc.get("assumption", ""))
+                        assumption=doc.get("assumption", ""), dispersion=dispersion)
     except FieldError as e:
         raise FabricationError(f"{source}: {_worded(e)}") from None
 

@@ -76,6 +76,52 @@ class MaterialConfig:
     name: str = LIN2018.material.name
     n: float = LIN2018.material.n
     kappa: float = LIN2018.material.kappa
+    dispersion: typing.Optional[str] = None   # a CSV table (frequency_thz, n, kappa); then n, kappa are its values
+
+    def load_dispersion(self, cfg):
+        """The :class:`~diffractive.materials.Dispersion` of ``dispersion`` (a path relative to the config), or ``None``."""
+        from diffractive.materials import read_dispersion  # noqa: PLC0415
+
+        if self.dispersion is None:
+            return None
+        try:
+            return read_dispersion(cfg.resolve_path(self.dispersion))
+        except D2NNError as e:
+            raise ConfigError(f"{cfg.source} [material] dispersion: {e}") from None
+
+    def material(self, cfg):
+        """The :class:`~diffractive.materials.Material` of the design (with its dispersion table)."""
+        return Material(self.name, self.n, self.kappa, dispersion=self.load_dispersion(cfg))
+
+
+#: [source] objectives: what the loss sees of a spectrum (training/robust.py, diffractive/spectrum.py)
+OBJECTIVES = ("band", "each")
+
+
+@dataclass
+class SourceConfig:
+    """``[source]``: the lines the stack is lit with (default: one, at ``[geometry] wavelength_m``)."""
+
+    wavelengths_m: typing.Optional[list] = None  # the lines, metres
+    band_hz: typing.Optional[list] = None     # or [low, high] in Hz with `count` lines equally spaced in frequency
+    count: typing.Optional[int] = None
+    weights: typing.Optional[list] = None     # relative power of each line (default equal)
+    sample: typing.Optional[int] = None       # lines per training step (default all)
+    objective: str = "band"                   # "band": loss of the band-summed powers; "each": mean loss per line
+
+    def spectrum(self, source: str = "<config>"):
+        """The :class:`~diffractive.spectrum.Spectrum` asked for, or ``None`` (monochromatic)."""
+        from diffractive.spectrum import Spectrum  # noqa: PLC0415
+
+        if self.wavelengths_m is None and self.band_hz is None:
+            return None
+        try:
+            if self.wavelengths_m is not None:
+                return Spectrum(tuple(self.wavelengths_m), None if self.weights is None else tuple(self.weights))
+            return Spectrum.from_band(self.band_hz[0], self.band_hz[1], self.count,
+                                      None if self.weights is None else tuple(self.weights))
+        except FieldError as e:
+            raise ConfigError(f"{source} [source]: '{e.field}' {e.problem}") from None
 
 
 @dataclass
@@ -160,6 +206,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    source_spectrum: SourceConfig = field(default_factory=SourceConfig)
     name: str = "d2nn"
     source: str = "<defaults>"
 
@@ -184,10 +231,12 @@ CHOICES = {
     ("trainer", "schedule"): ("cosine", "step", "constant"),
     ("trainer", "loss"): LOSSES,
     ("data", "dataset"): ("fashion-mnist", "mnist", "digits"),
+    ("source_spectrum", "objective"): OBJECTIVES,
 }
 POSITIVE = {"wavelength_m", "pitch_m", "distance_m", "n_layers", "phase_scale", "epochs", "batch_size",
             "learning_rate", "temperature", "checkpoint_every", "max_loss", "step_every", "step_gamma",
-            "val_fraction", "z_step_m", "size_m", "spacing_m", "train_limit", "val_limit", "workers"}
+            "val_fraction", "z_step_m", "size_m", "spacing_m", "train_limit", "val_limit", "workers", "count",
+            "sample"}
 
 NON_NEGATIVE = {"base_m", "kappa", "smoothness"}
 
@@ -244,6 +293,9 @@ LISTS = {
     ("input", "size_yx_m"): ("length", 2),
     ("trainer.pat", "shift_px"): ("pair_px", None),
     ("trainer.pat", "distance_error_m"): ("offset_m", None),
+    ("source", "wavelengths_m"): ("length", None),
+    ("source", "band_hz"): ("hertz", 2),
+    ("source", "weights"): ("weight", None),
 }
 
 
@@ -291,6 +343,11 @@ def _check_list(where, key, value, spec):
                 raise ConfigError(f"{where}: {item} must be a [dy, dx] pair of finite pixel shifts "
                                   f"(at most {MAX_LAYER_PIXELS}), got {v!r}")
             v = [float(a) for a in v]
+        elif kind in ("hertz", "weight"):
+            if not _is_number(v) or not math.isfinite(v) or v < 0 or (kind == "hertz" and not 0 < v < 1e16):
+                what = "a frequency in Hz (0.4 THz is 4e11)" if kind == "hertz" else "a weight >= 0"
+                raise ConfigError(f"{where}: {item} must be {what}, got {v!r}")
+            v = float(v)
         else:
             if not _is_number(v) or not math.isfinite(v):
                 raise ConfigError(f"{where}: {item} must be a finite number of metres, got {v!r}")
@@ -345,7 +402,8 @@ def parse_config(doc: dict, source: str = "<config>") -> Config:
     """Validate a parsed TOML document into a :class:`Config`."""
     sections = {"geometry": GeometryConfig, "input": InputConfig, "detectors": DetectorConfig,
                 "model": ModelConfig, "material": MaterialConfig, "fabrication": FabricationConfig,
-                "data": DataConfig, "trainer": TrainerConfig, "robustness": RobustnessConfig}
+                "data": DataConfig, "trainer": TrainerConfig, "robustness": RobustnessConfig, "source": SourceConfig}
+    attribute = {"source": "source_spectrum"}  # Config.source is the file the config came from
     kwargs = {}
     for key, value in doc.items():
         if key == "name":
@@ -361,14 +419,15 @@ def parse_config(doc: dict, source: str = "<config>") -> Config:
             for rule in list(RULE_OPTIONS):
                 if isinstance(table.get(rule), dict):
                     options[rule] = table.pop(rule)
-        kwargs[key] = _build(sections[key], table, f"{source} [{key}]", key)
+        kwargs[attribute.get(key, key)] = _build(sections[key], table, f"{source} [{key}]", key)
         if key == "trainer":
             kwargs[key].options = options
     cfg = Config(**kwargs, source=source)
     for (sec, key), allowed in CHOICES.items():
         v = getattr(getattr(cfg, sec), key)
         if v not in allowed:
-            raise ConfigError(f"{source} [{sec}]: '{key}' must be one of {list(allowed)}, got {v!r}")
+            table = "source" if sec == "source_spectrum" else sec
+            raise ConfigError(f"{source} [{table}]: '{key}' must be one of {list(allowed)}, got {v!r}")
     rule = cfg.trainer.rule
     if rule not in RULE_OPTIONS:
         raise ConfigError(f"{source} [trainer]: 'rule' must be one of {sorted(RULE_OPTIONS)}, got {rule!r}")
@@ -401,6 +460,7 @@ def parse_config(doc: dict, source: str = "<config>") -> Config:
         Material(cfg.material.name, cfg.material.n, cfg.material.kappa)
     except FieldError as e:
         raise ConfigError(f"{source} [material]: '{e.field}' {e.problem}") from None
+    check_source(cfg, doc)
     from diffractive.asbuilt import check_oversample  # noqa: PLC0415
 
     try:
@@ -417,6 +477,47 @@ def parse_config(doc: dict, source: str = "<config>") -> Config:
     r.load_budget(cfg)  # a bad budget fails here, naming the config and the budget file
     check_redesign(cfg)
     return cfg
+
+
+def check_source(cfg, doc: dict) -> None:
+    """Check ``[source]`` and ``[material] dispersion`` of ``cfg``; with a dispersion table,
+    set ``cfg.material.n`` and ``kappa`` to the table's values at ``[geometry] wavelength_m``
+    (giving them as well is refused: two sources for one number)."""
+    source, sp, m = cfg.source, cfg.source_spectrum, cfg.material
+    mat_doc = doc.get("material", {}) if isinstance(doc.get("material"), dict) else {}
+    table = m.load_dispersion(cfg)
+    if table is not None:
+        given = [k for k in ("n", "kappa") if k in mat_doc]
+        if given:
+            raise ConfigError(f"{source} [material]: give either 'dispersion' or '{given[0]}': with a dispersion "
+                              "table, n and kappa are the table's values at [geometry] wavelength_m")
+        try:
+            m.n, m.kappa = table.at(cfg.geometry.wavelength_m)
+        except FieldError as e:
+            raise ConfigError(f"{source} [material] dispersion: the design wavelength: {e.problem}") from None
+    if sp.wavelengths_m is not None and sp.band_hz is not None:
+        raise ConfigError(f"{source} [source]: give either 'wavelengths_m' or 'band_hz' (with 'count'), not both")
+    if sp.band_hz is not None and sp.count is None:
+        raise ConfigError(f"{source} [source]: 'band_hz' needs 'count' (how many lines across the band)")
+    if sp.count is not None and sp.band_hz is None:
+        raise ConfigError(f"{source} [source]: 'count' goes with 'band_hz'")
+    spectrum = sp.spectrum(source)
+    if spectrum is None:
+        for key in ("weights", "sample"):
+            if getattr(sp, key) is not None:
+                raise ConfigError(f"{source} [source]: '{key}' needs the lines: give 'wavelengths_m' or 'band_hz'")
+        return
+    if sp.sample is not None and sp.sample > len(spectrum):
+        raise ConfigError(f"{source} [source]: 'sample' = {sp.sample} is more than the {len(spectrum)} lines")
+    if cfg.trainer.rule != "backprop":
+        raise ConfigError(f"{source} [source]: a spectrum is supported by trainer.rule = 'backprop' only, not "
+                          f"{cfg.trainer.rule!r}")
+    material = Material(m.name, m.n, m.kappa, dispersion=table)
+    for j, lam in enumerate(spectrum.wavelengths_m):
+        try:
+            material.at(lam)
+        except FieldError as e:
+            raise ConfigError(f"{source} [source]: line {j}: {e.problem}") from None
 
 
 def check_redesign(cfg) -> None:

@@ -17,7 +17,7 @@ from diffractive.backend import get_array_module
 from diffractive.design import Design, load_design, make_design
 from diffractive.detectors import detector_masks, score_matrix
 from diffractive.errors import D2NNError
-from diffractive.materials import Fabrication, Material
+from diffractive.materials import Fabrication
 from diffractive.simulate import input_fields
 
 from .bridge import from_xp, stack_intensity, to_xp
@@ -57,9 +57,9 @@ def design_from_config(cfg, phases=None) -> Design:
             window_shape=None if g.window_shape is None else tuple(g.window_shape),
             encoding=inp.encoding, input_size_yx_m=inp.size_yx_m, phase_scale=inp.phase_scale, detectors=det.layout,
             detector_size_m=det.size_m, detector_spacing_m=det.spacing_m, n_classes=n_classes,
-            material=Material(cfg.material.name, cfg.material.n, cfg.material.kappa),
+            material=cfg.material.material(cfg),
             fabrication=Fabrication(cfg.fabrication.base_m, cfg.fabrication.z_step_m),
-            phases=phases, seed=cfg.trainer.seed)
+            phases=phases, seed=cfg.trainer.seed, spectrum=cfg.source_spectrum.spectrum(cfg.source))
     except D2NNError as e:  # a combination of values no design can have (detectors off the plane, ...)
         raise ConfigError(f"{cfg.source} [{_table_of(e)}]: the design this config describes is invalid: "
                           f"{e}") from None

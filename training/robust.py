@@ -17,7 +17,9 @@ only the transfer functions change; the FFT workspaces are kept
 (:meth:`diffractive.propagation.Engine.retuned`).
 
 With an empty budget (:data:`diffractive.budget.EMPTY`: no error kinds, no absorption, no
-quantisation) nothing here runs and training is the ordinary training, bit for bit.
+quantisation) and a monochromatic source nothing here runs and training is the ordinary
+training, bit for bit. A source spectrum (``[source]``) runs here too, with or without a
+budget: one stack per line (:class:`Vaccination`).
 
 **Re-design around what was printed** (issue 14): ``[robustness] as_built`` names a known
 stack as built -- what ``d2nn diagnose`` fitted to the lab's measurements (its ``fit.json``).
@@ -30,9 +32,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffractive.asbuilt import build
+from diffractive.asbuilt import BuiltLines, build_lines
 from diffractive.budget import ErrorBudget
 from diffractive.errors import D2NNError
+from diffractive.spectrum import sample_lines
 
 from .bridge import from_xp, stack_intensity, to_xp
 
@@ -44,57 +47,147 @@ VALIDATION_STEP = 2 ** 40
 class Vaccination:
     """Draws one as-built stack per training step and runs the model's layers through it.
 
-    ``design``: the model's design (geometry, detectors, material, printer step);
-    ``budget``: an :class:`~diffractive.budget.ErrorBudget`; ``oversample``: simulation cells
-    per printed pixel; ``seed``: the draws' seed.
+    ``design``: the model's design (geometry, detectors, material, printer step, source
+    spectrum); ``budget``: an :class:`~diffractive.budget.ErrorBudget`; ``oversample``:
+    simulation cells per printed pixel; ``seed``: the draws' seed; ``known``: an
+    :class:`~diffractive.asbuilt.AsBuilt` every stack starts from.
+
+    A design lit by a spectrum (:mod:`diffractive.spectrum`) runs one stack per line, each
+    through the autograd bridge; ``sample`` lines per step (default all) drawn from
+    ``numpy.random.default_rng([seed, step, 1])`` with the ``J / sample`` weight factor of
+    :func:`~diffractive.spectrum.sample_lines`; ``objective`` says what the loss sees:
+    ``"band"`` the band-summed powers (a pulsed or broadband source and integrating
+    detectors, Luo et al., Light Sci. Appl. 8, 112 (2019)), ``"each"`` the weighted mean of
+    each line's loss (a tunable or drifting CW source: the stack must classify at every line
+    alone). A monochromatic design with no budget and no known stack needs none of this.
     """
 
     def __init__(self, design, budget: ErrorBudget | None, oversample: int = 1, seed: int = 0, workers=None,
-                 known=None):
+                 known=None, sample: int | None = None, objective: str = "band"):
         self.design = design
         self.budget = None if budget is None or budget.is_empty else budget
         self.known = known  # an AsBuilt every stack starts from (None: the designed stack)
-        if self.budget is None and self.known is None:
-            raise D2NNError("Vaccination needs a budget with errors or a known as-built stack")
+        self.spectral = not design.is_monochromatic
+        if self.budget is None and self.known is None and not self.spectral:
+            raise D2NNError("Vaccination needs a budget with errors, a known as-built stack or a spectrum")
+        if objective not in ("band", "each"):
+            raise D2NNError(f"objective must be 'band' or 'each', got {objective!r}")
+        if objective == "each" and any(d.band is not None for d in design.detectors):
+            raise D2NNError("objective 'each' trains every line to classify alone; detectors that read one line "
+                            "(band) need objective 'band'")
+        if sample is not None and sample < len(design.lines) and any(d.band is not None for d in design.detectors):
+            raise D2NNError("detectors that read one line (band) need every line in every step: leave 'sample' "
+                            "unset")
+        self.sample = sample
+        self.objective = objective
         self.oversample = int(oversample)
         self.seed = int(seed)
         self.workers = workers
         self._engine = None
+        self._fixed = None  # the lines of the known or designed stack (no budget: the same every step)
+        self._ideal = None
         self.last = None  # the last stack drawn (for logs and tests)
 
-    def stack(self, step: int):
-        """The :class:`~diffractive.asbuilt.BuiltStack` of training step ``step``."""
-        if self.budget is None:  # the known stack, the same every step: built once
-            if self.last is None:
-                self.last = build(self.design, self.known, oversample=self.oversample)
-                self._engine = self.last.engine()
-            return self.last
+    def _build(self, ab, oversample):
+        lines = build_lines(self.design, ab, oversample=oversample, engine=self._engine)
+        self._engine = lines.stacks[-1].engine()
+        return lines
+
+    def lines(self, step: int):
+        """The :class:`~diffractive.asbuilt.BuiltLines` of training step ``step``: every line of
+        the stack drawn for it (one line for a monochromatic design)."""
+        if self.budget is None:  # the known (or designed) stack, the same every step: built once
+            if self._fixed is None:
+                self._fixed = self._build(self.known, self.oversample)
+            self.last = self._fixed.stacks[0]
+            return self._fixed
         rng = np.random.default_rng([self.seed, int(step)])
         ab = self.budget.draw(rng, self.design.n_layers, self.design.fabrication.z_step_m)
         if self.known is not None:
             ab = self.known.combined(ab)
-        stack = build(self.design, ab, oversample=self.oversample, engine=self._engine)
-        self._engine = stack.engine()
-        self.last = stack
-        return stack
+        lines = self._build(ab, self.oversample)
+        self.last = lines.stacks[0]
+        return lines
+
+    def stack(self, step: int):
+        """The first line's :class:`~diffractive.asbuilt.BuiltStack` of training step ``step``
+        (the stack itself for a monochromatic design)."""
+        return self.lines(step).stacks[0]
+
+    def ideal_lines(self):
+        """The designed stack at every line, on the design grid: what the ideal (test)
+        accuracy of a broadband design is measured through."""
+        if self._ideal is None:
+            self._ideal = build_lines(self.design, None, oversample=1)
+        return self._ideal
+
+    def sampled(self, lines, step: int):
+        """``lines`` reduced to this step's sample of lines (all of them without ``sample``)."""
+        if self.sample is None or self.sample >= len(lines.stacks):
+            return lines
+        idx, factors = sample_lines(self.design.lines, self.sample, np.random.default_rng([self.seed, int(step), 1]))
+        return lines.subset(idx, factors)
 
     def powers(self, model, images, step: int):
         """``(powers (B, K), intensity (B, ny*k, nx*k))`` of ``images`` through this step's stack,
-        differentiable in the model's parameters."""
-        return self.powers_through(model, images, self.stack(step))
+        differentiable in the model's parameters (band-summed over the step's lines)."""
+        return self.powers_through(model, images, self.sampled(self.lines(step), step))
+
+    def line_powers(self, model, images, step: int):
+        """``[(weight, powers (B, K))]``, one per line of this step (objective ``"each"``):
+        the line's weight (with the sampling factor) and its detector powers alone."""
+        lines = self.sampled(self.lines(step), step)
+        out = []
+        for j, st in enumerate(lines.stacks):
+            p, _ = self._through(model, images, st)
+            out.append((float(lines.line_weights[j]), p))
+        return out
 
     def validation_stacks(self, n: int) -> list:
         """``n`` fixed stacks (the same every epoch and every run with this seed) on which
         the trainer measures the validation accuracy as built, to pick the best epoch (one,
-        the known stack, without a budget)."""
-        return [self.stack(VALIDATION_STEP + i) for i in range(1 if self.budget is None else n)]
+        the known or designed stack, without a budget). Each is a
+        :class:`~diffractive.asbuilt.BuiltLines` (every line)."""
+        return [self.lines(VALIDATION_STEP + i) for i in range(1 if self.budget is None else n)]
+
+    def _through(self, model, images, stack):
+        return through_stack(model, images, stack, self.workers)
 
     def powers_through(self, model, images, stack):
-        """As :meth:`powers`, through a given :class:`~diffractive.asbuilt.BuiltStack`."""
-        t = stack.transmissions(phases=model.phase, amplitudes=model.amplitudes())
-        fields = from_xp(stack.input_fields(to_xp(images.float())), images.device)
-        intensity = stack_intensity(t, fields, stack.geometry, self.workers, engine=stack.engine())
-        return stack.readout(intensity), intensity
+        """As :meth:`powers`, through a given :class:`~diffractive.asbuilt.BuiltStack` or
+        :class:`~diffractive.asbuilt.BuiltLines` (:func:`through_stack`)."""
+        return through_stack(model, images, stack, self.workers)
+
+
+def through_stack(model, images, stack, workers=None):
+    """``(powers (B, K), intensity)`` of ``images`` through the model's layers in ``stack``,
+    differentiable in the model's parameters.
+
+    ``stack``: a :class:`~diffractive.asbuilt.BuiltStack` (one line), or a
+    :class:`~diffractive.asbuilt.BuiltLines`: powers ``sum_j W[j] * P_j`` and intensity
+    ``sum_j w_j I_j`` over its lines (:mod:`diffractive.spectrum`); one line of weight 1 is
+    the single stack's path exactly.
+    """
+    if isinstance(stack, BuiltLines):
+        if len(stack.stacks) == 1 and np.all(stack.weights == 1.0) and stack.line_weights[0] == 1.0:
+            return through_stack(model, images, stack.stacks[0], workers)
+        import torch  # noqa: PLC0415
+
+        powers = intensity = None
+        for j, st in enumerate(stack.stacks):
+            p, i = through_stack(model, images, st, workers)
+            w = torch.as_tensor(stack.weights[j], dtype=p.dtype, device=p.device)
+            powers = p * w if powers is None else powers + p * w
+            i = i * float(stack.line_weights[j])
+            intensity = i if intensity is None else intensity + i
+        return powers, intensity
+    import torch  # noqa: PLC0415
+
+    t = stack.transmissions(phases=model.phase, amplitudes=model.amplitudes())
+    fields = from_xp(stack.input_fields(to_xp(images.float())), images.device)
+    dtype = np.complex128 if t.dtype == torch.complex128 else np.complex64  # float64 phases: a float64 check
+    intensity = stack_intensity(t, fields, stack.geometry, workers, engine=stack.engine(dtype))
+    return stack.readout(intensity), intensity
 
 
 def hold_block_constant(phase, block: int):
@@ -149,13 +242,13 @@ def freeze_layers(model, layers) -> None:
 
 def vaccination_from_config(design, cfg):
     """The :class:`Vaccination` that ``[robustness]`` asks for, or ``None`` for plain training."""
-    r = cfg.robustness
+    r, sp = cfg.robustness, cfg.source_spectrum
     budget = r.load_budget(cfg) if r.budget is not None else None
     known = r.load_as_built(cfg, design.n_layers)
-    if (budget is None or budget.is_empty) and known is None:
+    if (budget is None or budget.is_empty) and known is None and design.is_monochromatic:
         return None
     return Vaccination(design, budget, r.oversample, cfg.trainer.seed if r.seed is None else r.seed,
-                       cfg.trainer.workers, known=known)
+                       cfg.trainer.workers, known=known, sample=sp.sample, objective=sp.objective)
 
 
-__all__ = ["Vaccination", "freeze_layers", "hold_block_constant", "smoothness_penalty", "vaccination_from_config"]
+__all__ = ["Vaccination", "through_stack", "freeze_layers", "hold_block_constant", "smoothness_penalty", "vaccination_from_config"]

@@ -29,6 +29,7 @@ import torch
 import diffractive
 from diffractive._io import atomic_write, atomic_write_bytes, refuse_overwriting_inputs
 from diffractive._read import InputFileError, check_regular_file
+from diffractive.asbuilt import build_lines
 from diffractive.design import save_design, write_json_atomic
 from diffractive.errors import D2NNError, OutputExists
 from diffractive.measured.stats import confusion_matrix
@@ -38,7 +39,7 @@ from .config import MAX_LEARNING_RATE, Config
 from .datasets import check_classes, split_provenance
 from .model import D2NN, design_from_config, detector_loss
 from .rules.common import lr_factor
-from .robust import freeze_layers, hold_block_constant, smoothness_penalty, vaccination_from_config
+from .robust import freeze_layers, hold_block_constant, smoothness_penalty, through_stack, vaccination_from_config
 from .rules.distributed import SCHEMES, Comm, init_from_env, is_writer, per_process_workers
 
 
@@ -130,9 +131,18 @@ class BackpropRule:
         return self.model.readout(intensity), intensity
 
     def loss(self, images, labels):
-        powers, intensity = self.powers(images)
-        loss, logits = detector_loss(powers, intensity, labels, self.model.score_matrix, self.cfg.trainer.loss,
-                                     self.cfg.trainer.temperature)
+        t = self.cfg.trainer
+        vac = self.vaccination
+        if vac is not None and vac.spectral and vac.objective == "each":
+            # a tunable or drifting source: every line must classify alone (training/robust.py)
+            loss = logits = None
+            for w, p in vac.line_powers(self.model, images, self.scheduler.last_epoch):
+                l_j, z_j = detector_loss(p, None, labels, self.model.score_matrix, t.loss, t.temperature)
+                loss = w * l_j if loss is None else loss + w * l_j
+                logits = w * z_j if logits is None else logits + w * z_j
+        else:
+            powers, intensity = self.powers(images)
+            loss, logits = detector_loss(powers, intensity, labels, self.model.score_matrix, t.loss, t.temperature)
         if self.smoothness:
             loss = loss + self.smoothness * smoothness_penalty(self.model.phase)
         return loss, logits
@@ -774,6 +784,8 @@ class Trainer:
         vac = getattr(self.rule, "vaccination", None)
         if vac is None or getattr(self.rule, "evaluation_forward", None) is not None or not len(y):
             return None
+        if vac.budget is None and vac.known is None:  # a spectrum alone: evaluate() already measures it
+            return None
         lo, hi = self.comm.span(len(y)) if shard else (0, len(y))
         corrects = []
         for stack in vac.validation_stacks(self.cfg.robustness.val_draws):
@@ -788,18 +800,20 @@ class Trainer:
         return float(np.mean(corrects / len(y)))
 
     @torch.no_grad()
-    def evaluate(self, x, y, batch_size=128, keep_mean_intensity=False, shard=False):
+    def evaluate(self, x, y, batch_size=128, keep_mean_intensity=False, shard=False, spectrum=None):
         """Loss, accuracy, predictions and (optionally) mean output intensity per class.
 
         ``shard``: in a torchrun job each rank evaluates its part of ``x`` and the loss sums
         and correct counts are added over the ranks (validation, N times faster); the
         predictions are then this rank's part only, and ``keep_mean_intensity`` is refused.
+        A design lit by a spectrum is evaluated under it (band-summed powers); ``spectrum``
+        lights the layers with another :class:`~diffractive.spectrum.Spectrum` instead.
         """
         if shard and self.comm.world > 1:
             if keep_mean_intensity:
                 raise TrainingError("evaluate: keep_mean_intensity needs the whole split (shard=False)")
             lo, hi = self.comm.span(len(y))
-            part = self.evaluate(x[lo:hi], y[lo:hi], batch_size)
+            part = self.evaluate(x[lo:hi], y[lo:hi], batch_size, spectrum=spectrum)
             n = hi - lo
             correct = float(np.sum(part["predictions"] == y[lo:hi]))
             loss_sum, correct, total = self.comm.sum([part["loss"] * n, correct, n])
@@ -810,11 +824,20 @@ class Trainer:
         mean_int = np.zeros((C,) + self.model.design.layer_shape) if keep_mean_intensity else None
         # a rule may evaluate on other optics than the model's (physics-aware training: the "physical" stack)
         forward = getattr(self.rule, "evaluation_forward", None) or self.model
+        # a broadband design is evaluated under its whole spectrum (band-summed powers)
+        vac = getattr(self.rule, "vaccination", None)
+        spectral = vac.ideal_lines() if vac is not None and vac.spectral and spectrum is None else None
+        if spectrum is not None:  # another source than the design's (the per-line accuracies of finish())
+            spectral = build_lines(self.model.design, None, spectrum=spectrum)
         for a in range(0, len(x), batch_size):
             xb = torch.from_numpy(x[a:a + batch_size]).to(self.device)
             yb = torch.from_numpy(y[a:a + batch_size]).to(self.device)
-            inten = forward(xb)
-            loss, logits = detector_loss(self.model.readout(inten), inten, yb, self.model.score_matrix,
+            if spectral is not None:
+                powers, inten = through_stack(self.model, xb, spectral, self.cfg.trainer.workers)
+            else:
+                inten = forward(xb)
+                powers = self.model.readout(inten)
+            loss, logits = detector_loss(powers, inten, yb, self.model.score_matrix,
                                          self.cfg.trainer.loss, self.cfg.trainer.temperature)
             losses.append(float(loss) * len(xb))
             preds.append(logits.argmax(1).cpu().numpy())
@@ -922,6 +945,25 @@ class Trainer:
                 "test_accuracy_as_built_before": before, "test_accuracy_as_built_after": after,
                 "test_n": int(len(self.test_y))}
 
+    def _line_accuracies(self, band_accuracy) -> dict:
+        """Test accuracy with the source at each line of the design's spectrum alone (a
+        broadband design must still classify when its source drifts to one line), beside the
+        band-summed accuracy; detectors that read one line have no per-line accuracy."""
+        from diffractive.spectrum import Spectrum  # noqa: PLC0415
+
+        d, sp = self.model.design, self.cfg.source_spectrum
+        out = {**d.lines.to_json(), "objective": sp.objective, "sample": sp.sample,
+               "test_accuracy_band": band_accuracy}
+        if any(det.band is not None for det in d.detectors):
+            return out
+        per = [self.evaluate(self.test_x, self.test_y, spectrum=Spectrum.monochromatic(lam))["accuracy"]
+               for lam in d.lines.wavelengths_m]
+        out["test_accuracy_per_line"] = per
+        out["test_accuracy_lowest_line"] = min(per)
+        self.log("test accuracy per line: " + ", ".join(
+            f"{f / 1e12:.4g} THz {100 * a:.2f} %" for f, a in zip(d.lines.frequencies_hz, per)))
+        return out
+
     def finish(self):
         """Load the best checkpoint (by validation accuracy), test it once, write the design folder."""
         if not is_writer():
@@ -943,6 +985,8 @@ class Trainer:
                    "confusion": conf.tolist(), "history": st["history"]}
         if self.cfg.robustness.as_built is not None:
             metrics["redesign"] = self._redesign_gain()
+        if not self.model.design.is_monochromatic:
+            metrics["spectrum"] = self._line_accuracies(test["accuracy"])
         provenance = {
             "config": self.cfg.to_dict(), "config_file": self.cfg.source, "dataset": self.dataset_info,
             "seed": self.cfg.trainer.seed, **split_provenance(self.cfg.data.split_seed, self.cfg.data.val_fraction),

@@ -5,6 +5,7 @@ import json
 import sys
 
 from . import UserError
+from .units import frequencies_hz
 
 
 def register(sub):
@@ -26,6 +27,11 @@ def register(sub):
                    help="simulation cells per printed pixel along each axis (1 ... 8; default 1: the design grid)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda runs the CuPy core")
+    p.add_argument("--frequencies", type=frequencies_hz, default=None, metavar="F",
+                   help="a frequency sweep: accuracy with the source at each frequency alone (heights as printed, "
+                        "the material's index at each frequency), e.g. 0.36THz:0.44THz:9 or 0.38THz,0.4THz")
+    p.add_argument("--figure", default=None, metavar="PNG",
+                   help="with --frequencies: draw accuracy against frequency into this PNG file")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     p.set_defaults(func=run)
 
@@ -69,6 +75,19 @@ def run(args) -> int:
 
         bar = tqdm(total=len(images), unit="img", desc="simulate", leave=False)
         progress = lambda n: bar.update(n - bar.n)  # noqa: E731
+    if args.figure is not None and args.frequencies is None:
+        raise UserError("--figure draws a frequency sweep: give --frequencies too")
+    if args.figure is not None:
+        from pathlib import Path  # noqa: PLC0415
+
+        from diffractive._io import refuse_overwriting_inputs  # noqa: PLC0415
+
+        refuse_overwriting_inputs(Path(args.figure), [Path(args.design)] + ([Path(args.from_stl)] if args.from_stl
+                                                                            else []), option="figure")
+        if Path(args.figure).suffix.lower() != ".png":
+            raise UserError(f"--figure {args.figure}: must name a .png file")
+    if args.frequencies is not None:
+        return _sweep(args, printed, images, labels, as_built, oversample, heights_m, backend)
     if heights_m is None and oversample == 1:  # the design as designed, on its grid
         result = simulate(design, images, batch_size=args.batch_size, backend=backend, progress=progress)
     else:
@@ -81,11 +100,68 @@ def run(args) -> int:
            "source": "stl" if args.from_stl else "ideal", "oversample": oversample,
            "material": printed.material.to_json() if args.from_stl else None,
            "power_on_detectors": float(np.mean(result.powers.sum(1) / np.maximum(result.total_power, 1e-30)))}
+    out["spectrum"] = None if design.is_monochromatic else _spectrum_record(design)
     if args.json:
         print(json.dumps(out))
     else:
         print(f"{args.design}: {args.dataset}/{args.split}, {n} images ({out['source']} layers"
               + (f", {oversample} x {oversample} cells per pixel" if oversample != 1 else "") + ")")
+        if out["spectrum"] is not None:
+            sp = out["spectrum"]
+            print(f"  source {sp['describe']} (powers summed over the lines, weighted); worst-sampled line "
+                  f"{sp['worst_line_thz']:.4g} THz keeps {100 * sp['worst_kept_fraction']:.1f} % of the grid's "
+                  f"bandwidth")
         print(f"  accuracy {100 * out['accuracy']:.2f} % ({correct}/{n})")
         print(f"  mean fraction of output power on the detectors {out['power_on_detectors']:.3f}")
+    return 0
+
+
+def _spectrum_record(design, spectrum=None) -> dict:
+    from diffractive.simulate import line_sampling  # noqa: PLC0415
+
+    lines = design.lines if spectrum is None else spectrum
+    samp = line_sampling(design, lines)
+    worst = min(samp, key=lambda r: r["kept_fraction"])
+    return {**lines.to_json(), "describe": lines.describe(), "dispersive": design.material.is_dispersive,
+            "worst_line_thz": worst["frequency_thz"], "worst_kept_fraction": worst["kept_fraction"],
+            "sampling": samp}
+
+
+def _sweep(args, printed, images, labels, as_built, oversample, heights_m, backend) -> int:
+    """``d2nn simulate --frequencies``: one monochromatic simulation per frequency."""
+    from diffractive.simulate import frequency_sweep, line_sampling, plot_frequency_sweep  # noqa: PLC0415
+    from diffractive.spectrum import Spectrum, frequency_hz  # noqa: PLC0415
+
+    if heights_m is not None:
+        raise UserError("--frequencies with --from-stl is not supported yet: sweep the design itself")
+    progress = None
+    if not args.json and sys.stderr.isatty():
+        from tqdm import tqdm  # noqa: PLC0415
+
+        bar = tqdm(total=len(args.frequencies), unit="freq", desc="sweep", leave=False)
+        progress = lambda i: bar.update(i - bar.n)  # noqa: E731
+    rows = frequency_sweep(printed, images, labels, args.frequencies, as_built=as_built, oversample=oversample,
+                           batch_size=args.batch_size, backend=backend, progress=progress)
+    samp = line_sampling(printed, Spectrum(tuple(r["wavelength_m"] for r in rows)))
+    for r, s in zip(rows, samp):
+        r["kept_fraction"] = s["kept_fraction"]
+    f0 = frequency_hz(printed.wavelength_m) / 1e12
+    out = {"design": str(args.design), "dataset": args.dataset, "split": args.split, "n": int(len(labels)),
+           "design_frequency_thz": f0, "dispersive": printed.material.is_dispersive,
+           "design_spectrum": None if printed.is_monochromatic else printed.lines.to_json(), "sweep": rows,
+           "min_accuracy": min(r["accuracy"] for r in rows)}
+    if args.figure is not None:
+        plot_frequency_sweep({str(args.design): rows}, args.figure, design_frequency_thz=f0)
+        out["figure"] = str(args.figure)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"{args.design}: {args.dataset}/{args.split}, {len(labels)} images, source at one frequency at a time "
+          f"(design frequency {f0:.4g} THz; material {'from its dispersion table' if out['dispersive'] else 'non-dispersive: one n and kappa at every frequency, an assumption'})")
+    print("  frequency   accuracy   bandwidth kept")
+    for r in rows:
+        print(f"  {r['frequency_thz']:7.4f} THz  {100 * r['accuracy']:6.2f} %   {100 * r['kept_fraction']:5.1f} %")
+    print(f"  lowest accuracy {100 * out['min_accuracy']:.2f} %")
+    if args.figure is not None:
+        print(f"  figure: {args.figure}")
     return 0

@@ -1,13 +1,16 @@
-"""The one parser for lengths and angles given on the command line.
+"""The one parser for lengths, angles and frequencies given on the command line.
 
-Every ``d2nn`` option (and ``--misalign`` item) that takes a length or an angle reads it
-here, so ``0.1mm``, ``50um``, ``1e-3m``, ``30mm``, ``0.5deg`` and ``0.2rad`` mean the same
-everywhere.
+Every ``d2nn`` option (and ``--misalign`` item) that takes a length, an angle or a frequency
+reads it here, so ``0.1mm``, ``50um``, ``1e-3m``, ``30mm``, ``0.5deg``, ``0.2rad`` and
+``0.4THz`` mean the same everywhere.
 
 * **Lengths**: a number followed by a unit, ``m``, ``cm``, ``mm``, ``um`` (or ``µm``) or
   ``nm``; where an option says so, also ``px`` (pixels of the design, converted with its
   pitch). Returned in metres.
 * **Angles**: a number followed by ``deg``, ``rad`` or ``mrad``. Returned in radians.
+* **Frequencies**: a number followed by ``Hz``, ``GHz`` or ``THz``. Returned in hertz. A
+  list of them (:func:`parse_frequencies`): ``0.38THz,0.4THz`` or ``LOW:HIGH:COUNT``
+  (``0.36THz:0.44THz:9``, equally spaced, both ends included).
 * **Bare numbers are refused** (``give a unit, e.g. 0.1mm``), except zero, which means the
   same in every unit. Before, ``d2nn export`` read ``--z-step``/``--base`` as metres and
   ``--margin`` as millimetres while ``measure-sim`` read a bare rotation as degrees: a bare
@@ -33,8 +36,11 @@ from . import UserError
 LENGTH_UNITS_PER_M = {"m": 1.0, "cm": 1e2, "mm": 1e3, "um": 1e6, "µm": 1e6, "μm": 1e6, "nm": 1e9}
 #: units per radian
 ANGLE_UNITS_PER_RAD = {"rad": 1.0, "mrad": 1e3, "deg": 180 / math.pi}
+#: units per hertz
+FREQUENCY_UNITS_PER_HZ = {"hz": 1.0, "ghz": 1e-9, "thz": 1e-12}
 _LENGTH_NAMES = "m, cm, mm, um, nm"
 _ANGLE_NAMES = "deg, rad, mrad"
+_FREQUENCY_NAMES = "Hz, GHz, THz"
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?"
 _QUANTITY = re.compile(rf"\s*({_NUMBER})\s*([^\d\s.+-]\S*)?\s*")
@@ -99,6 +105,38 @@ def parse_angle(text: str) -> float:
     return value if unit is None else value / ANGLE_UNITS_PER_RAD[unit]
 
 
+def parse_frequency(text: str) -> float:
+    """A frequency in hertz from ``text`` such as ``"0.4THz"`` or ``"400GHz"`` (positive)."""
+    value, unit = _split(text, "frequency", FREQUENCY_UNITS_PER_HZ, _FREQUENCY_NAMES, "0.4THz")
+    hz = value if unit is None else value / FREQUENCY_UNITS_PER_HZ[unit]
+    if not hz > 0:
+        raise UserError(f"{text!r}: a frequency must be positive")
+    return hz
+
+
+def parse_frequencies(text: str) -> list[float]:
+    """Frequencies in hertz: a comma-separated list (``"0.38THz,0.4THz"``) or
+    ``LOW:HIGH:COUNT`` (``"0.36THz:0.44THz:9"``, ``COUNT`` from 2 to 64, both ends included)."""
+    if not isinstance(text, str) or not text.strip():
+        raise UserError("give frequencies such as 0.36THz:0.44THz:9 or 0.38THz,0.4THz")
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise UserError(f"{text!r}: a frequency range is LOW:HIGH:COUNT, e.g. 0.36THz:0.44THz:9")
+        lo, hi = parse_frequency(parts[0]), parse_frequency(parts[1])
+        try:
+            count = int(parts[2])
+        except ValueError:
+            raise UserError(f"{text!r}: COUNT must be a whole number, got {parts[2]!r}") from None
+        if not lo < hi or not 2 <= count <= 64:
+            raise UserError(f"{text!r}: need LOW < HIGH and COUNT from 2 to 64")
+        return [lo + (hi - lo) * i / (count - 1) for i in range(count)]
+    out = [parse_frequency(t) for t in text.split(",")]
+    if len(out) > 64:
+        raise UserError(f"at most 64 frequencies, got {len(out)}")
+    return out
+
+
 def _argparse_type(parse, name):
     def convert(text):
         try:
@@ -117,3 +155,7 @@ length_m = _argparse_type(parse_length, "length")
 length_m_or_px = _argparse_type(parse_length_or_px, "length")
 #: argparse type: an angle with a unit -> radians (``type=angle_rad``)
 angle_rad = _argparse_type(parse_angle, "angle")
+#: argparse type: a frequency with a unit -> hertz
+frequency_hz = _argparse_type(parse_frequency, "frequency")
+#: argparse type: a list or range of frequencies -> list of hertz
+frequencies_hz = _argparse_type(parse_frequencies, "frequencies")

@@ -479,6 +479,9 @@ def diagnose(design, measured, images, *, budget: ErrorBudget | None, kinds=DEFA
     stopped 47 um short on the quickstart draw where scans reached 1 um (docs/diagnose.md). ``progress(stage, done, total, loss)``.
     """
     t0 = time.perf_counter()
+    if not design.is_monochromatic:
+        raise D2NNError(f"{design_name} is lit by a spectrum ({design.lines.describe()}); diagnosis fits a "
+                        "monochromatic model and does not support broadband designs yet")
     if measured.inputs is None:
         raise D2NNError(f"{measured.source}: diagnosing needs the inputs of the measured samples (an 'input' column "
                         "or an 'inputs' field): the fit simulates the same objects")

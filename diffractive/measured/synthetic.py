@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._validate import finite_real, non_negative_finite, one_of, positive_finite
-from ..asbuilt import AsBuilt, build, check_oversample
+from ..asbuilt import AsBuilt, build_lines, check_oversample
 from ..detectors import class_scores
 from ..errors import D2NNError
 from ..grid import Grid
@@ -262,25 +262,35 @@ def simulate_lab(design, images, labels, *, imperfections: Imperfections | None 
     stack_ab = as_built.combined(AsBuilt(detector_offset_xy_m=tuple(imp.detector_offset_m))) if translated \
         else as_built
     identity = translated or (on_grid and imp.detector_is_ideal())
-    stack = build(design, stack_ab, oversample=k)
-    t = stack.transmissions()
+    # one stack per line of the source spectrum (one for a monochromatic design), summed
+    # incoherently with the readout weights of diffractive.spectrum
+    lines = build_lines(design, stack_ab, oversample=k)
+    parts = [(st, st.transmissions()) for st in lines.stacks]
     Xs, Ys = np.meshgrid(xs, ys)
     Xd, Yd = reg.to_design(Xs, Ys)
-    engine = stack.engine(np.result_type(t.dtype, np.complex64))
     k2 = float(k * k)
 
     powers, totals, intens = [], [], []
     for a in range(0, n, batch_size):
-        fields = stack.input_fields(images[a:a + batch_size])
-        out = forward(stack.geometry, t, fields, engine=engine).output
-        if not identity:
-            out = sample_output(out, fine.pitch_m, Xd, Yd)
-        inten = out.real ** 2 + out.imag ** 2
+        p_sum = tot = i_sum = 0.0
+        for j, (stack, t) in enumerate(parts):
+            engine = stack.engine(np.result_type(t.dtype, np.complex64))
+            fields = stack.input_fields(images[a:a + batch_size])
+            out = forward(stack.geometry, t, fields, engine=engine).output
+            if not identity:
+                out = sample_output(out, fine.pitch_m, Xd, Yd)
+            inten = out.real ** 2 + out.imag ** 2
+            w = lines.line_weights[j]
+            if fmt == "detectors":
+                p_sum = p_sum + np.asarray(stack.readout(inten), dtype=np.float64) * lines.weights[j]
+                tot = tot + w * inten.sum(axis=(-2, -1)).astype(np.float64) / k2
+            else:
+                i_sum = i_sum + w * inten.astype(np.float64)
         if fmt == "detectors":
-            powers.append(np.asarray(stack.readout(inten), dtype=np.float64))
-            totals.append(inten.sum(axis=(-2, -1)).astype(np.float64) / k2)
+            powers.append(p_sum)
+            totals.append(tot)
         else:
-            intens.append(inten.astype(np.float64))
+            intens.append(i_sum)
         if progress is not None:
             progress(min(n, a + batch_size))
 
