@@ -99,9 +99,10 @@ class ToleranceResult:
     sweeps: list = field(default_factory=list)
     sweep_images: int = 0
     dataset: str = ""
+    source: str = ""  # the design's spectrum in words ("0.38-0.42 THz, 5 lines"); every draw lights every line
 
     def to_json(self) -> dict:
-        return {"schema": "d2nn.tolerance/1", "design": self.design, "dataset": self.dataset,
+        return {"schema": "d2nn.tolerance/1", "design": self.design, "dataset": self.dataset, "source": self.source,
                 "n_images": self.n_images, "oversample": self.oversample, "seed": self.seed,
                 "budget": self.budget.to_json(), "ideal_accuracy": self.ideal_accuracy,
                 "printed_accuracy": self.printed.mean,
@@ -282,7 +283,7 @@ def analyse(design, images, labels, budget: ErrorBudget, *, draws: int = 20, ove
                             tolerance_at(sizes, means, ref_sweep, 0.05)))
     ideal = float(np.mean(simulate(design, runner.images, backend=backend).predictions == runner.labels))
     return ToleranceResult(name, len(runner.images), runner.oversample, runner.seed, budget, ideal, printed, expected,
-                           sweeps, n_sweep if kinds else 0, dataset)
+                           sweeps, n_sweep if kinds else 0, dataset, design.lines.describe())
 
 
 __all__ = ["DESIGN_REPORT", "read_summary", "Point", "SWEEP_FACTORS", "Sweep", "ToleranceResult", "accuracy_under", "analyse", "sweep_sizes",

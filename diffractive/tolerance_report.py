@@ -48,7 +48,9 @@ def table_rows(result) -> list[list[str]]:
 
 def _headline(result) -> list[str]:
     lines = [f"design: {result.design or '(unnamed)'}; dataset: {result.dataset or '?'}; {result.n_images} images; "
-             f"oversampling k = {result.oversample}; seed {result.seed}",
+             f"oversampling k = {result.oversample}; seed {result.seed}"
+             + (f"; source {result.source} (the wavelength error detunes every line)" if "lines" in result.source
+                else ""),
              f"ideal accuracy (design as simulated): {_pct(result.ideal_accuracy)}",
              f"as printed, no assembly errors (budget '{result.budget.name}' printing model): "
              f"{_pct(result.printed.mean)}"]

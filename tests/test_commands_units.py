@@ -84,3 +84,23 @@ def test_parsing_of_misalignments():
                      ("rotation=1", "--misalign rotation=1: '1' has no unit: give a unit, e.g. 0.5deg")]:
         with pytest.raises(UserError, match=msg):
             parse_misalign([bad], 3, p, rng)
+
+
+@pytest.mark.parametrize("text,hz", [("0.4THz", 4e11), ("400GHz", 4e11), ("4e11Hz", 4e11), ("0.38 thz", 3.8e11)])
+def test_frequencies(text, hz):
+    from d2nn.commands.units import frequency_hz, parse_frequency
+
+    assert parse_frequency(text) == pytest.approx(hz, rel=1e-15)
+    assert frequency_hz(text) == pytest.approx(hz, rel=1e-15)
+
+
+def test_frequency_lists_and_ranges():
+    from d2nn.commands.units import parse_frequencies
+
+    assert parse_frequencies("0.36THz:0.44THz:5") == pytest.approx([3.6e11, 3.8e11, 4.0e11, 4.2e11, 4.4e11])
+    assert parse_frequencies("0.38THz,400GHz") == pytest.approx([3.8e11, 4e11])
+    for text, msg in (("0.4", "has no unit"), ("0THz", "positive"), ("1mm", "unknown frequency unit 'mm'"),
+                      ("0.44THz:0.36THz:5", "LOW < HIGH"), ("0.36THz:0.44THz", "LOW:HIGH:COUNT"),
+                      ("0.36THz:0.44THz:x", "whole number"), ("0.36THz:0.44THz:100", "COUNT from 2 to 64")):
+        with pytest.raises(UserError, match=msg):
+            parse_frequencies(text)

@@ -391,3 +391,23 @@ def test_broadband_training_runs_and_reports_each_line(tmp_path, digits):
     one = simulate_built(d, digits[2][0], spectrum=Spectrum.monochromatic(d.lines.wavelengths_m[0]))
     assert float(np.mean(one.predictions == digits[2][1])) == pytest.approx(sp["test_accuracy_per_line"][0],
                                                                             abs=1e-9)
+
+
+def test_d2nn_simulate_sweeps_frequencies_and_draws_them(tmp_path, capsys):
+    from d2nn import cli
+
+    save_design(_design(n=40, input_size_yx_m=(8e-3, 8e-3), detector_size_m=1.2e-3, detector_spacing_m=3e-3),
+                tmp_path / "d")
+    fig = tmp_path / "sweep.png"
+    rc = cli.main(["simulate", str(tmp_path / "d"), "--dataset", "digits", "--limit", "30",
+                   "--frequencies", "0.38THz:0.42THz:3", "--figure", str(fig), "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [round(r["frequency_thz"], 6) for r in out["sweep"]] == [0.38, 0.4, 0.42]
+    assert out["min_accuracy"] == min(r["accuracy"] for r in out["sweep"]) and fig.stat().st_size > 1000
+    assert cli.main(["simulate", str(tmp_path / "d"), "--dataset", "digits", "--figure", str(fig)]) == 2
+    assert "give --frequencies too" in capsys.readouterr().err
+    before = (tmp_path / "d" / "design.json").read_bytes()
+    assert cli.main(["simulate", str(tmp_path / "d"), "--dataset", "digits", "--frequencies", "0.4THz",
+                     "--figure", str(tmp_path / "d" / "design.json")]) == 2
+    assert (tmp_path / "d" / "design.json").read_bytes() == before
