@@ -35,6 +35,7 @@ from .backend import resolve_backend
 from .budget import KINDS, ErrorBudget
 from .convolution import cpu_workers
 from .errors import D2NNError
+from .spectrum import frequency_hz
 
 #: Sweep sizes as multiples of the budget's size of each kind (0 is the as-printed point).
 SWEEP_FACTORS = (0.25, 0.5, 1.0, 1.5, 2.0)
@@ -100,6 +101,8 @@ class ToleranceResult:
     sweep_images: int = 0
     dataset: str = ""
     source: str = ""  # the design's spectrum in words ("0.38-0.42 THz, 5 lines"); every draw lights every line
+    frequency_sweep: list | None = None  # rows of diffractive.simulate.frequency_sweep (d2nn tolerance --frequencies)
+    design_frequency_thz: float | None = None
 
     def to_json(self) -> dict:
         return {"schema": "d2nn.tolerance/1", "design": self.design, "dataset": self.dataset, "source": self.source,
@@ -108,6 +111,7 @@ class ToleranceResult:
                 "printed_accuracy": self.printed.mean,
                 "expected": None if self.expected is None else self.expected.to_json(),
                 "sweep_images": self.sweep_images, "sweeps": [s.to_json() for s in self.sweeps],
+                "design_frequency_thz": self.design_frequency_thz, "frequency_sweep": self.frequency_sweep,
                 "summary": self.summary()}
 
     def summary(self) -> dict:
@@ -119,6 +123,9 @@ class ToleranceResult:
                         "p5_accuracy": self.expected.p5, "draws": len(self.expected.accuracies)})
         out["tolerances"] = {s.kind: {"unit": KINDS[s.kind].unit, "drop_1pt": s.tolerance_1pt,
                                       "drop_5pt": s.tolerance_5pt} for s in self.sweeps}
+        if self.frequency_sweep:
+            out["frequency_sweep"] = [{"frequency_thz": r["frequency_thz"], "accuracy": r["accuracy"]}
+                                      for r in self.frequency_sweep]
         return out
 
 
@@ -283,7 +290,8 @@ def analyse(design, images, labels, budget: ErrorBudget, *, draws: int = 20, ove
                             tolerance_at(sizes, means, ref_sweep, 0.05)))
     ideal = float(np.mean(simulate(design, runner.images, backend=backend).predictions == runner.labels))
     return ToleranceResult(name, len(runner.images), runner.oversample, runner.seed, budget, ideal, printed, expected,
-                           sweeps, n_sweep if kinds else 0, dataset, design.lines.describe())
+                           sweeps, n_sweep if kinds else 0, dataset, design.lines.describe(),
+                           design_frequency_thz=frequency_hz(design.wavelength_m) / 1e12)
 
 
 __all__ = ["DESIGN_REPORT", "read_summary", "Point", "SWEEP_FACTORS", "Sweep", "ToleranceResult", "accuracy_under", "analyse", "sweep_sizes",

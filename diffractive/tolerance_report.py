@@ -65,17 +65,26 @@ def _headline(result) -> list[str]:
     return lines
 
 
+def _frequency_rows(result) -> list[list[str]]:
+    rows = [["source frequency", "accuracy (as printed, no assembly error)"]]
+    for r in result.frequency_sweep or []:
+        rows.append([f"{r['frequency_thz']:.4g} THz", f"{_pct(r['accuracy'])} ({r['n']} images)"])
+    return rows
+
+
 def markdown(result) -> str:
     """The report as Markdown."""
     out = ["# Tolerance analysis", ""] + [f"- {line}" for line in _headline(result)] + [""]
-    rows = table_rows(result)
-    if len(rows) > 1:
-        out.append("| " + " | ".join(rows[0]) + " |")
-        out.append("|" + "---|" * len(rows[0]))
-        out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-        out.append("")
-        out.append("![tolerance curves](tolerance.png)")
-    return "\n".join(out) + "\n"
+    for rows, figure, alt in ((table_rows(result), "tolerance.png", "tolerance curves"),
+                              (_frequency_rows(result), "frequency.png", "accuracy against source frequency")):
+        if len(rows) > 1:
+            out.append("| " + " | ".join(rows[0]) + " |")
+            out.append("|" + "---|" * len(rows[0]))
+            out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+            out.append("")
+            out.append(f"![{alt}]({figure})")
+            out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 def html_page(result) -> str:
@@ -87,6 +96,11 @@ def html_page(result) -> str:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
         cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
         table = f"<table><tr>{head}</tr>{cells}</table><img src='tolerance.png' alt='tolerance curves'>"
+    freq = _frequency_rows(result)
+    if len(freq) > 1:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in freq[0])
+        cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in freq[1:])
+        table += f"<table><tr>{head}</tr>{cells}</table><img src='frequency.png' alt='accuracy against frequency'>"
     return ("<!doctype html><meta charset='utf-8'><title>Tolerance analysis</title>"
             "<style>body{font-family:sans-serif;max-width:70em}td,th{padding:2px 8px;border-bottom:1px solid #ccc}"
             f"img{{max-width:100%}}</style><h1>Tolerance analysis</h1><ul>{body}</ul>{table}\n")
@@ -140,6 +154,11 @@ def write_report(result, folder) -> Path:
     atomic_write_bytes(folder / "tolerance.html", html_page(result).encode())
     if result.sweeps:
         save_png(curves_figure([result]), folder / "tolerance.png")
+    if result.frequency_sweep:
+        from .simulate import plot_frequency_sweep  # noqa: PLC0415
+
+        plot_frequency_sweep({result.design or "design": result.frequency_sweep}, folder / "frequency.png",
+                             design_frequency_thz=result.design_frequency_thz)
     return folder
 
 

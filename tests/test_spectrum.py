@@ -411,3 +411,36 @@ def test_d2nn_simulate_sweeps_frequencies_and_draws_them(tmp_path, capsys):
     assert cli.main(["simulate", str(tmp_path / "d"), "--dataset", "digits", "--frequencies", "0.4THz",
                      "--figure", str(tmp_path / "d" / "design.json")]) == 2
     assert (tmp_path / "d" / "design.json").read_bytes() == before
+
+
+def test_the_export_manifest_records_the_band_and_the_stl_round_trip_keeps_the_dispersion(tmp_path):
+    pytest.importorskip("trimesh")
+    from fabrication.export import export_design
+    from fabrication.roundtrip import printed_from_stl
+
+    s = Spectrum.from_band(0.38e12, 0.42e12, 3)
+    d = _design(n=16, spectrum=s, material=_dispersive(), input_size_yx_m=(3.2e-3, 3.2e-3),
+                detector_size_m=0.4e-3, detector_spacing_m=1.0e-3)
+    export_design(d, tmp_path / "print")
+    man = json.loads((tmp_path / "print" / "manifest.json").read_text())
+    src = man["design"]["source"]
+    assert src["frequencies_thz"] == pytest.approx([0.38, 0.40, 0.42]) and src["monochromatic"] is False
+    assert man["material"]["dispersion"]["n"] == [1.70, 1.72, 1.75]
+    printed, heights, _ = printed_from_stl(d, tmp_path / "print")
+    assert printed.material.dispersion == d.material.dispersion and printed.spectrum == s
+
+
+def test_d2nn_tolerance_sweeps_the_source_frequency_into_its_report(tmp_path, capsys):
+    from d2nn import cli
+
+    save_design(_design(n=40, input_size_yx_m=(8e-3, 8e-3), detector_size_m=1.2e-3, detector_spacing_m=3e-3),
+                tmp_path / "d")
+    rc = cli.main(["tolerance", str(tmp_path / "d"), "--dataset", "digits", "--samples", "20", "--draws", "1",
+                   "--kinds", "none", "--frequencies", "0.39THz,0.4THz", "--report", str(tmp_path / "r"), "--quiet",
+                   "--json"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [round(r["frequency_thz"], 6) for r in doc["frequency_sweep"]] == [0.39, 0.4]
+    assert doc["summary"]["frequency_sweep"][1]["accuracy"] == doc["frequency_sweep"][1]["accuracy"]
+    assert (tmp_path / "r" / "frequency.png").stat().st_size > 1000
+    assert "0.39 THz" in (tmp_path / "r" / "tolerance.md").read_text()

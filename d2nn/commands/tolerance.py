@@ -5,6 +5,7 @@ import json
 import sys
 
 from . import UserError
+from .units import frequencies_hz
 
 
 def register(sub):
@@ -34,6 +35,9 @@ def register(sub):
     p.add_argument("--workers", type=int, default=None, help="parallel draws (default: all cores; 1 with --device cuda)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda: every draw on the CuPy core (needs CuPy and a GPU)")
+    p.add_argument("--frequencies", type=frequencies_hz, default=None, metavar="F",
+                   help="also sweep the source frequency (each frequency alone, the budget's printing model, "
+                        "no assembly error), e.g. 0.36THz:0.44THz:9; the report adds frequency.png")
     p.add_argument("--report", metavar="DIR", default=None,
                    help="write tolerance.json, tolerance.md, tolerance.html and tolerance.png into DIR (new)")
     p.add_argument("--force", action="store_true", help="allow --report into a folder that holds files")
@@ -64,7 +68,7 @@ def _progress(quiet: bool):
 
 
 #: the files diffractive.tolerance_report.write_report writes (tolerance.png only with sweeps)
-REPORT_FILES = ("tolerance.json", "tolerance.md", "tolerance.html", "tolerance.png")
+REPORT_FILES = ("tolerance.json", "tolerance.md", "tolerance.html", "tolerance.png", "frequency.png")
 
 
 def _input_files(args) -> list:
@@ -116,6 +120,8 @@ def run(args) -> int:
 
     import os  # noqa: PLC0415
 
+    import numpy as np  # noqa: PLC0415
+
     from diffractive._io import refuse_overwriting_inputs  # noqa: PLC0415
     from diffractive.budget import KINDS, load_budget  # noqa: PLC0415
     from diffractive.design import load_design  # noqa: PLC0415
@@ -161,6 +167,14 @@ def run(args) -> int:
                      kinds=kinds, sweep_draws=args.sweep_draws, sweep_images=args.sweep_samples, workers=workers,
                      progress=_progress(args.quiet), name=str(args.design), dataset=f"{args.dataset}/{args.split}",
                      backend=backend)
+    if args.frequencies is not None:
+        from diffractive.simulate import frequency_sweep  # noqa: PLC0415
+
+        n = min(len(images), args.sweep_samples)
+        ab = budget.without_errors().draw(np.random.default_rng(args.seed), design.n_layers,
+                                          design.fabrication.z_step_m)
+        result.frequency_sweep = frequency_sweep(design, images[:n], labels[:n], args.frequencies, as_built=ab,
+                                                 oversample=args.oversample, backend=backend)
     if args.report is not None:
         _write_report_safely(result, Path(args.report), write_report)
     if args.json:
