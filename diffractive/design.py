@@ -612,18 +612,24 @@ def make_design(*, wavelength_m=LIN2018.wavelength_m, pitch_m=LIN2018.pitch_m, l
     layers and ``input_distance_m`` / ``output_distance_m`` (default ``spacing_m``) to the
     input and output planes. ``phases=None`` gives uniformly random phases from ``seed`` (a
     stand-in before training). ``detectors`` is ``"lin"``, ``"differential"`` or a list of
-    :class:`~diffractive.detectors.Detector`; ``detector_size_m`` (side of each square) and
+    :class:`~diffractive.detectors.Detector` (``"spectral"``: one detector read at each line of
+    ``spectrum``, :func:`~diffractive.detectors.spectral_layout`); ``detector_size_m`` (side of each square) and
     ``detector_spacing_m`` go to the layout. The input image covers half the layer
     (``input_size_yx_m = (h, w)``) unless told otherwise. ``window_shape=None``: the default
     FFT window. ``spectrum``: the source's lines (default: monochromatic at ``wavelength_m``).
     """
-    from .detectors import differential_layout, lin_layout  # noqa: PLC0415
+    from .detectors import differential_layout, lin_layout, spectral_layout  # noqa: PLC0415
 
     grid = Grid(layer_shape, pitch_m)
     if isinstance(detectors, str):
-        if detectors not in ("lin", "differential"):
-            raise FieldError("detectors", f"must be 'lin', 'differential' or a list, got {detectors!r}")
-        layout = lin_layout if detectors == "lin" else differential_layout
+        layouts = {"lin": lin_layout, "differential": differential_layout, "spectral": spectral_layout}
+        if detectors not in layouts:
+            raise FieldError("detectors", f"must be 'lin', 'differential', 'spectral' or a list, got {detectors!r}")
+        if detectors == "spectral" and (spectrum is None or len(spectrum) != n_classes):
+            have = 1 if spectrum is None else len(spectrum)
+            raise FieldError("detectors", f"'spectral' reads class c at line c: it needs a spectrum of n_classes = "
+                                          f"{n_classes} lines, got {have}")
+        layout = layouts[detectors]
         detectors = layout(grid, n_classes, size_m=detector_size_m, spacing_m=detector_spacing_m)
     if input_size_yx_m is None:
         input_size_yx_m = (grid.extent_yx_m[0] / 2, grid.extent_yx_m[1] / 2)

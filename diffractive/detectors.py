@@ -158,6 +158,16 @@ def lin_layout(grid: Grid, n_classes: int = 10, size_m: float | None = None, spa
     return [Detector(c, ctr, (size_m, size_m), 1) for c, ctr in enumerate(centers)]
 
 
+def spectral_layout(grid: Grid, n_classes: int = 10, size_m: float | None = None, spacing_m: float | None = None):
+    """One square detector on the axis, read once per line: class ``c`` is its power at line
+    ``c`` of the source spectrum (``band = c``), the single-pixel spectrally encoded readout of
+    Li et al., Sci. Adv. 7, eabd7690 (2021). Needs a spectrum of ``n_classes`` lines.
+    ``size_m`` defaults to 1/12 of the smaller grid extent; ``spacing_m`` is unused."""
+    extent = min(grid.extent_yx_m)
+    size_m = extent / 12 if size_m is None else positive_finite("size_m", size_m)
+    return [Detector(c, (0.0, 0.0), (size_m, size_m), 1, band=c) for c in range(n_classes)]
+
+
 def differential_layout(grid: Grid, n_classes: int = 10, size_m: float | None = None,
                         spacing_m: float | None = None):
     """A +/- detector pair per class (Li et al. 2019), in rows of up to 5 pairs.

@@ -444,3 +444,24 @@ def test_d2nn_tolerance_sweeps_the_source_frequency_into_its_report(tmp_path, ca
     assert doc["summary"]["frequency_sweep"][1]["accuracy"] == doc["frequency_sweep"][1]["accuracy"]
     assert (tmp_path / "r" / "frequency.png").stat().st_size > 1000
     assert "0.39 THz" in (tmp_path / "r" / "tolerance.md").read_text()
+
+
+def test_a_spectrally_encoded_classifier_trains_with_one_detector_read_at_ten_lines(tmp_path, digits):
+    pytest.importorskip("torch")
+    from training.config import ConfigError, parse_config
+    from training.trainer import Trainer
+
+    src = {"band_hz": [3.6e11, 4.4e11], "count": 10}
+    with pytest.raises(ConfigError, match="needs 10 lines"):
+        parse_config({**_doc({"band_hz": [3.6e11, 4.4e11], "count": 3}), "detectors": {"layout": "spectral"}}, "c")
+    with pytest.raises(ConfigError, match="objective"):
+        parse_config({**_doc({**src, "objective": "each"}), "detectors": {"layout": "spectral"}}, "c")
+    cfg = parse_config({**_doc(src), "detectors": {"layout": "spectral", "size_m": 1.6e-3}}, "c.toml")
+    t = Trainer(cfg, tmp_path / "run", data=digits, log=lambda *a: None)
+    t.run()
+    m = t.finish()
+    d = load_design(tmp_path / "run")
+    assert [det.band for det in d.detectors] == list(range(10)) and {det.center_xy_m for det in d.detectors} == {(0, 0)}
+    assert "test_accuracy_per_line" not in m["spectrum"]  # one line alone has no classes to compare
+    res = simulate(d, digits[2][0])
+    assert float(np.mean(res.predictions == digits[2][1])) == pytest.approx(m["test_accuracy"], abs=1e-9)

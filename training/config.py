@@ -59,7 +59,7 @@ class InputConfig:
 
 @dataclass
 class DetectorConfig:
-    layout: str = "lin"                       # "lin" (one per class) or "differential" (+/- pairs)
+    layout: str = "lin"                       # "lin" (one per class), "differential" (+/- pairs) or "spectral"
     size_m: typing.Optional[float] = None
     spacing_m: typing.Optional[float] = None
 
@@ -225,7 +225,7 @@ class Config:
 
 CHOICES = {
     ("input", "encoding"): ("amplitude", "phase"),
-    ("detectors", "layout"): ("lin", "differential"),
+    ("detectors", "layout"): ("lin", "differential", "spectral"),
     ("model", "modulation"): ("phase", "complex"),
     ("model", "init"): ("uniform", "zeros"),
     ("trainer", "schedule"): ("cosine", "step", "constant"),
@@ -502,6 +502,13 @@ def check_source(cfg, doc: dict) -> None:
     if sp.count is not None and sp.band_hz is None:
         raise ConfigError(f"{source} [source]: 'count' goes with 'band_hz'")
     spectrum = sp.spectrum(source)
+    if cfg.detectors.layout == "spectral":
+        if spectrum is None or len(spectrum) != 10:
+            raise ConfigError(f"{source} [detectors]: layout 'spectral' reads class c at line c of the source: "
+                              f"[source] needs 10 lines (one per class), got {0 if spectrum is None else len(spectrum)}")
+        if sp.objective != "band" or sp.sample is not None:
+            raise ConfigError(f"{source} [source]: layout 'spectral' needs every line in every step and the "
+                              "band-summed readout: objective = \"band\" and no 'sample'")
     if spectrum is None:
         for key in ("weights", "sample"):
             if getattr(sp, key) is not None:
