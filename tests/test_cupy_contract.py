@@ -346,3 +346,27 @@ def test_tolerance_and_simulate_run_on_the_device(fake_cupy, tiny):
     ref = analyse(d, images[:8], labels[:8], budget, draws=1, kinds=["lateral_m"], factors=(1.0,), sweep_draws=1,
                   backend="numpy", workers=1)
     assert res.to_json()["summary"] == ref.to_json()["summary"]
+
+
+def test_a_broadband_simulation_matches_numpy(fake_cupy, tiny):
+    """Several lines with a dispersive material and a one-band detector, on the device."""
+    import dataclasses
+
+    from diffractive.asbuilt import simulate_built
+    from diffractive.materials import Dispersion, Material
+    from diffractive.spectrum import Spectrum
+
+    d, images, _ = tiny
+    table = Dispersion((0.36e12, 299_792_458.0 / d.wavelength_m, 0.44e12), (1.70, d.material.n, 1.75),
+                       (0.02, d.material.kappa, 0.05))
+    dets = d.detectors[:-1] + (dataclasses.replace(d.detectors[-1], band=1),)
+    bb = dataclasses.replace(d, spectrum=Spectrum((0.72e-3, 0.76e-3, 0.8e-3), (1, 2, 1)), detectors=dets,
+                             material=dataclasses.replace(d.material, dispersion=table))
+    kw = dict(batch_size=10, keep_intensity=True)
+    ab = _every_error()
+    r_d = simulate_built(bb, images, ab, backend="cupy", **kw)
+    r_h = simulate_built(bb, images, ab, backend="numpy", **kw)
+    for name in ("powers", "total_power", "intensity"):
+        got, want = getattr(r_d, name), getattr(r_h, name)
+        assert type(got) is np.ndarray, f"{name} must come back to the host"
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.abs(want).max(), err_msg=name)
