@@ -384,6 +384,9 @@ def test_broadband_training_runs_and_reports_each_line(tmp_path, digits):
     m = t.finish()
     sp = m["spectrum"]
     assert len(sp["test_accuracy_per_line"]) == 3 and sp["objective"] == "band" and sp["sample"] == 2
+    row = m["history"][-1]
+    assert row["val_accuracy_lowest_line"] <= 1 and m["best_val_accuracy"] == max(r["val_accuracy"]
+                                                                                  for r in m["history"])
     d = load_design(tmp_path / "run")
     assert d.spectrum == Spectrum.from_band(3.9e11, 4.1e11, 3)
     res = simulate(d, digits[2][0])  # the design's own accuracy is the band-summed one
