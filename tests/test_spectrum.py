@@ -468,3 +468,20 @@ def test_a_spectrally_encoded_classifier_trains_with_one_detector_read_at_ten_li
     assert "test_accuracy_per_line" not in m["spectrum"]  # one line alone has no classes to compare
     res = simulate(d, digits[2][0])
     assert float(np.mean(res.predictions == digits[2][1])) == pytest.approx(m["test_accuracy"], abs=1e-9)
+
+
+def test_a_drawn_stack_is_built_at_the_sampled_lines_only():
+    pytest.importorskip("torch")
+    from diffractive.budget import load_budget
+    from training.robust import Vaccination
+
+    d = _design(spectrum=Spectrum((0.71e-3, 0.75e-3, 0.79e-3, 0.83e-3), (1, 2, 3, 4)))
+    v = Vaccination(d, load_budget("holder"), 1, 5, sample=2)
+    only = sample_lines(d.lines, 2, np.random.default_rng([5, 7, 1]))
+    a, b = v.step_lines(7), v.lines(7).subset(*only)
+    assert len(a.stacks) == 2 and np.array_equal(a.weights, b.weights)
+    assert np.array_equal(a.line_weights, b.line_weights)
+    imgs = np.random.default_rng(8).random((3, 12, 12))
+    for sa, sb in zip(a.stacks, b.stacks):
+        assert sa.as_built == sb.as_built and sa.geometry == sb.geometry
+        np.testing.assert_array_equal(simulate_built(d, imgs, stack=sa).powers, simulate_built(d, imgs, stack=sb).powers)

@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffractive.asbuilt import BuiltLines, build_lines
+from diffractive.asbuilt import BuiltLines, build, build_lines
 from diffractive.budget import ErrorBudget
 from diffractive.errors import D2NNError
-from diffractive.spectrum import sample_lines
+from diffractive.spectrum import readout_weights, sample_lines
 
 from .bridge import from_xp, stack_intensity, to_xp
 
@@ -93,19 +93,34 @@ class Vaccination:
         self._engine = lines.stacks[-1].engine()
         return lines
 
-    def lines(self, step: int):
+    def lines(self, step: int, only=None):
         """The :class:`~diffractive.asbuilt.BuiltLines` of training step ``step``: every line of
-        the stack drawn for it (one line for a monochromatic design)."""
+        the stack drawn for it (one line for a monochromatic design). ``only``: ``(indices,
+        factors)`` of :func:`~diffractive.spectrum.sample_lines` -- a drawn stack is then built
+        at those lines alone (each line costs its transfer functions)."""
         if self.budget is None:  # the known (or designed) stack, the same every step: built once
             if self._fixed is None:
                 self._fixed = self._build(self.known, self.oversample)
             self.last = self._fixed.stacks[0]
-            return self._fixed
+            return self._fixed if only is None else self._fixed.subset(*only)
         rng = np.random.default_rng([self.seed, int(step)])
         ab = self.budget.draw(rng, self.design.n_layers, self.design.fabrication.z_step_m)
         if self.known is not None:
             ab = self.known.combined(ab)
-        lines = self._build(ab, self.oversample)
+        if only is None:
+            lines = self._build(ab, self.oversample)
+        else:
+            idx, factors = only
+            stacks = []
+            for j in idx:
+                st = build(self.design, ab, oversample=self.oversample, engine=self._engine,
+                           wavelength_m=self.design.lines.wavelengths_m[int(j)])
+                self._engine = st.engine()
+                stacks.append(st)
+            W = readout_weights(self.design.lines, self.design.detectors)
+            f = np.asarray(factors, dtype=np.float64)
+            lines = BuiltLines(stacks, W[np.asarray(idx, dtype=int)] * f[:, None], self.design.lines,
+                               np.asarray(self.design.lines.weights)[np.asarray(idx, dtype=int)] * f)
         self.last = lines.stacks[0]
         return lines
 
@@ -121,22 +136,23 @@ class Vaccination:
             self._ideal = build_lines(self.design, None, oversample=1)
         return self._ideal
 
-    def sampled(self, lines, step: int):
-        """``lines`` reduced to this step's sample of lines (all of them without ``sample``)."""
-        if self.sample is None or self.sample >= len(lines.stacks):
-            return lines
-        idx, factors = sample_lines(self.design.lines, self.sample, np.random.default_rng([self.seed, int(step), 1]))
-        return lines.subset(idx, factors)
+    def step_lines(self, step: int):
+        """The lines training step ``step`` runs: its drawn stack at this step's sample of lines
+        (all of them without ``sample``), weights times the sampling factor."""
+        if self.sample is None or self.sample >= len(self.design.lines):
+            return self.lines(step)
+        only = sample_lines(self.design.lines, self.sample, np.random.default_rng([self.seed, int(step), 1]))
+        return self.lines(step, only)
 
     def powers(self, model, images, step: int):
         """``(powers (B, K), intensity (B, ny*k, nx*k))`` of ``images`` through this step's stack,
         differentiable in the model's parameters (band-summed over the step's lines)."""
-        return self.powers_through(model, images, self.sampled(self.lines(step), step))
+        return self.powers_through(model, images, self.step_lines(step))
 
     def line_powers(self, model, images, step: int):
         """``[(weight, powers (B, K))]``, one per line of this step (objective ``"each"``):
         the line's weight (with the sampling factor) and its detector powers alone."""
-        lines = self.sampled(self.lines(step), step)
+        lines = self.step_lines(step)
         out = []
         for j, st in enumerate(lines.stacks):
             p, _ = self._through(model, images, st)
