@@ -14,6 +14,7 @@ designs in one figure and one JSON file.
     python benchmarks/broadband.py sweep designs/fashion-lin5 designs/fashion-broadband \\
         --dataset fashion-mnist --frequencies 0.36THz:0.44THz:9 --json runs/broadband-sweep.json \\
         --figure docs/images/broadband_sweep.png
+    python benchmarks/broadband.py plot runs/sweep-lin5.json runs/sweep-bb.json --figure docs/images/broadband_sweep.png
 """
 from __future__ import annotations
 
@@ -107,6 +108,18 @@ def sweep(a) -> int:
     return 0
 
 
+def plot(a) -> int:
+    """One figure from the JSON files of earlier ``sweep`` runs (every design in them)."""
+    from diffractive.simulate import plot_frequency_sweep
+
+    curves = {}
+    for path in a.sweeps:
+        for name, rec in json.loads(Path(path).read_text())["designs"].items():
+            curves[Path(name).name] = rec["rows"]
+    plot_frequency_sweep(curves, a.figure, design_frequency_thz=a.design_frequency_thz)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -124,6 +137,11 @@ def main(argv=None) -> int:
     w.add_argument("--json", default=None)
     w.add_argument("--figure", default=None)
     w.set_defaults(func=sweep)
+    q = sub.add_parser("plot")
+    q.add_argument("sweeps", nargs="+", help="JSON files written by 'sweep --json'")
+    q.add_argument("--figure", required=True)
+    q.add_argument("--design-frequency-thz", type=float, default=299_792_458.0 / 0.75e-3 / 1e12)
+    q.set_defaults(func=plot)
     a = p.parse_args(argv)
     return a.func(a)
 

@@ -485,3 +485,23 @@ def test_a_drawn_stack_is_built_at_the_sampled_lines_only():
     for sa, sb in zip(a.stacks, b.stacks):
         assert sa.as_built == sb.as_built and sa.geometry == sb.geometry
         np.testing.assert_array_equal(simulate_built(d, imgs, stack=sa).powers, simulate_built(d, imgs, stack=sb).powers)
+
+
+def test_jitter_covers_the_band_exactly_and_each_line_stays_in_its_share():
+    from training.robust import jittered_frequencies
+
+    s = Spectrum.from_band(3.8e11, 4.2e11, 5)
+    rng = np.random.default_rng(0)
+    f = np.array([jittered_frequencies(s, np.arange(5), rng) for _ in range(2000)])
+    assert f.min() >= 3.8e11 and f.max() <= 4.2e11
+    np.testing.assert_allclose(f.min(0), [3.8e11, 3.85e11, 3.95e11, 4.05e11, 4.15e11], atol=2e8)
+    np.testing.assert_allclose(f.max(0), [3.85e11, 3.95e11, 4.05e11, 4.15e11, 4.2e11], atol=2e8)
+    pytest.importorskip("torch")
+    from training.robust import Vaccination
+
+    d = _design(spectrum=s)
+    v = Vaccination(d, None, sample=2, jitter=True, seed=3)
+    a, b = v.step_lines(4), v.step_lines(5)
+    assert len(a.stacks) == 2 and a.stacks[0].geometry.wavelength_m not in s.wavelengths_m
+    assert a.stacks[0].geometry.wavelength_m != b.stacks[0].geometry.wavelength_m
+    assert v.step_lines(4).stacks[1].geometry.wavelength_m == a.stacks[1].geometry.wavelength_m  # by step only

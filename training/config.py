@@ -108,6 +108,7 @@ class SourceConfig:
     weights: typing.Optional[list] = None     # relative power of each line (default equal)
     sample: typing.Optional[int] = None       # lines per training step (default all)
     objective: str = "band"                   # "band": loss of the band-summed powers; "each": mean loss per line
+    jitter: bool = False                      # each step moves every line within its share of the band
 
     def spectrum(self, source: str = "<config>"):
         """The :class:`~diffractive.spectrum.Spectrum` asked for, or ``None`` (monochromatic)."""
@@ -509,6 +510,9 @@ def check_source(cfg, doc: dict) -> None:
         if sp.objective != "band" or sp.sample is not None:
             raise ConfigError(f"{source} [source]: layout 'spectral' needs every line in every step and the "
                               "band-summed readout: objective = \"band\" and no 'sample'")
+    if sp.jitter and (spectrum is None or len(spectrum) < 2 or cfg.detectors.layout == "spectral"):
+        raise ConfigError(f"{source} [source]: 'jitter' moves each line within its share of the band: it needs two "
+                          "or more lines and detectors that integrate over the band")
     if spectrum is None:
         for key in ("weights", "sample"):
             if getattr(sp, key) is not None:

@@ -35,7 +35,7 @@ import numpy as np
 from diffractive.asbuilt import BuiltLines, build, build_lines
 from diffractive.budget import ErrorBudget
 from diffractive.errors import D2NNError
-from diffractive.spectrum import readout_weights, sample_lines
+from diffractive.spectrum import SPEED_OF_LIGHT_M_S, readout_weights, sample_lines
 
 from .bridge import from_xp, stack_intensity, to_xp
 
@@ -63,7 +63,7 @@ class Vaccination:
     """
 
     def __init__(self, design, budget: ErrorBudget | None, oversample: int = 1, seed: int = 0, workers=None,
-                 known=None, sample: int | None = None, objective: str = "band"):
+                 known=None, sample: int | None = None, objective: str = "band", jitter: bool = False):
         self.design = design
         self.budget = None if budget is None or budget.is_empty else budget
         self.known = known  # an AsBuilt every stack starts from (None: the designed stack)
@@ -80,6 +80,10 @@ class Vaccination:
                             "unset")
         self.sample = sample
         self.objective = objective
+        self.jitter = bool(jitter)
+        if self.jitter and (len(design.lines) < 2 or any(d.band is not None for d in design.detectors)):
+            raise D2NNError("jitter moves each line within its share of the band: it needs two or more lines and "
+                            "detectors that integrate over the band")
         self.oversample = int(oversample)
         self.seed = int(seed)
         self.workers = workers
@@ -93,28 +97,33 @@ class Vaccination:
         self._engine = lines.stacks[-1].engine()
         return lines
 
-    def lines(self, step: int, only=None):
+    def lines(self, step: int, only=None, wavelengths_m=None):
         """The :class:`~diffractive.asbuilt.BuiltLines` of training step ``step``: every line of
         the stack drawn for it (one line for a monochromatic design). ``only``: ``(indices,
         factors)`` of :func:`~diffractive.spectrum.sample_lines` -- a drawn stack is then built
         at those lines alone (each line costs its transfer functions)."""
-        if self.budget is None:  # the known (or designed) stack, the same every step: built once
+        if self.budget is None and wavelengths_m is None:  # the known (or designed) stack: built once
             if self._fixed is None:
                 self._fixed = self._build(self.known, self.oversample)
             self.last = self._fixed.stacks[0]
             return self._fixed if only is None else self._fixed.subset(*only)
-        rng = np.random.default_rng([self.seed, int(step)])
-        ab = self.budget.draw(rng, self.design.n_layers, self.design.fabrication.z_step_m)
-        if self.known is not None:
-            ab = self.known.combined(ab)
+        if self.budget is None:
+            ab = self.known
+        else:
+            rng = np.random.default_rng([self.seed, int(step)])
+            ab = self.budget.draw(rng, self.design.n_layers, self.design.fabrication.z_step_m)
+            if self.known is not None:
+                ab = self.known.combined(ab)
+        if only is None and wavelengths_m is not None:
+            only = (np.arange(len(self.design.lines)), np.ones(len(self.design.lines)))
         if only is None:
             lines = self._build(ab, self.oversample)
         else:
             idx, factors = only
             stacks = []
-            for j in idx:
-                st = build(self.design, ab, oversample=self.oversample, engine=self._engine,
-                           wavelength_m=self.design.lines.wavelengths_m[int(j)])
+            for n, j in enumerate(idx):
+                lam = self.design.lines.wavelengths_m[int(j)] if wavelengths_m is None else wavelengths_m[n]
+                st = build(self.design, ab, oversample=self.oversample, engine=self._engine, wavelength_m=lam)
                 self._engine = st.engine()
                 stacks.append(st)
             W = readout_weights(self.design.lines, self.design.detectors)
@@ -139,10 +148,15 @@ class Vaccination:
     def step_lines(self, step: int):
         """The lines training step ``step`` runs: its drawn stack at this step's sample of lines
         (all of them without ``sample``), weights times the sampling factor."""
-        if self.sample is None or self.sample >= len(self.design.lines):
-            return self.lines(step)
-        only = sample_lines(self.design.lines, self.sample, np.random.default_rng([self.seed, int(step), 1]))
-        return self.lines(step, only)
+        J = len(self.design.lines)
+        only = None
+        if self.sample is not None and self.sample < J:
+            only = sample_lines(self.design.lines, self.sample, np.random.default_rng([self.seed, int(step), 1]))
+        if not self.jitter:
+            return self.lines(step, only)
+        idx = np.arange(J) if only is None else only[0]
+        f = jittered_frequencies(self.design.lines, idx, np.random.default_rng([self.seed, int(step), 2]))
+        return self.lines(step, only, wavelengths_m=[SPEED_OF_LIGHT_M_S / v for v in f])
 
     def powers(self, model, images, step: int):
         """``(powers (B, K), intensity (B, ny*k, nx*k))`` of ``images`` through this step's stack,
@@ -173,6 +187,25 @@ class Vaccination:
         """As :meth:`powers`, through a given :class:`~diffractive.asbuilt.BuiltStack` or
         :class:`~diffractive.asbuilt.BuiltLines` (:func:`through_stack`)."""
         return through_stack(model, images, stack, self.workers)
+
+
+def jittered_frequencies(spectrum, indices, rng) -> np.ndarray:
+    """Each line ``indices[i]`` moved to a uniformly random frequency within its share of the
+    band: from halfway to the line below to halfway to the line above, the end lines' shares
+    stopping at the band's ends (so the band is covered exactly, its two ends by half shares).
+    Trained this way, a stack sees every frequency of the band, not only the lines: a deep
+    stack's response changes within a few GHz (benchmarks/README.md, "Broadband")."""
+    f = np.asarray(spectrum.frequencies_hz, dtype=np.float64)
+    order = np.argsort(f)
+    fs = f[order]
+    mid = 0.5 * (fs[1:] + fs[:-1])
+    lo_s = np.concatenate([[fs[0]], mid])
+    hi_s = np.concatenate([mid, [fs[-1]]])
+    lo, hi = np.empty_like(f), np.empty_like(f)
+    lo[order], hi[order] = lo_s, hi_s
+    idx = np.asarray(indices, dtype=int)
+    u = rng.random(len(idx))
+    return lo[idx] + u * (hi[idx] - lo[idx])
 
 
 def through_stack(model, images, stack, workers=None):
@@ -264,7 +297,7 @@ def vaccination_from_config(design, cfg):
     if (budget is None or budget.is_empty) and known is None and design.is_monochromatic:
         return None
     return Vaccination(design, budget, r.oversample, cfg.trainer.seed if r.seed is None else r.seed,
-                       cfg.trainer.workers, known=known, sample=sp.sample, objective=sp.objective)
+                       cfg.trainer.workers, known=known, sample=sp.sample, objective=sp.objective, jitter=sp.jitter)
 
 
 __all__ = ["Vaccination", "through_stack", "freeze_layers", "hold_block_constant", "smoothness_penalty", "vaccination_from_config"]
