@@ -82,8 +82,9 @@ def run(args) -> int:
 
         from diffractive._io import refuse_overwriting_inputs  # noqa: PLC0415
 
-        refuse_overwriting_inputs(Path(args.figure), [Path(args.design)] + ([Path(args.from_stl)] if args.from_stl
-                                                                            else []), option="figure")
+        folder = Path(args.design).parent if Path(args.design).name == "design.json" else Path(args.design)
+        inputs = [folder / "design.json", folder / "phases.npz"] + ([Path(args.from_stl)] if args.from_stl else [])
+        refuse_overwriting_inputs(Path(args.figure), inputs, option="--figure")
         if Path(args.figure).suffix.lower() != ".png":
             raise UserError(f"--figure {args.figure}: must name a .png file")
     if args.frequencies is not None:
