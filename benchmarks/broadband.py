@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,51 +28,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _lin_config(source=None):
-    import tomllib
-
-    from training.config import parse_config
-
-    doc = tomllib.loads((ROOT / "designs" / "lin2018-fashion-broadband.toml").read_text())
-    doc["model"] = {}
-    doc.pop("source", None)
-    if source:
-        doc["source"] = source
-    return parse_config(doc, str(ROOT / "designs" / "bench.toml"))
-
-
 def step(a) -> int:
     """Median step time with 1 line (monochromatic) and 1, 2, 5 of 5 lines per step; prints a table."""
-    import torch
+    from robustness import lin_config, print_ratios, time_steps
 
-    from training.model import D2NN, design_from_config
-    from training.trainer import BackpropRule
-
-    torch.manual_seed(0)
     band = {"band_hz": [3.8e11, 4.2e11], "count": 5, "objective": a.objective}
     variants = {"monochromatic": None, "5 lines, 1 per step": {**band, "sample": 1},
                 "5 lines, 2 per step": {**band, "sample": 2}, "5 lines, all per step": band}
-    rules = {}
-    for name, src in variants.items():
-        cfg = _lin_config(src)
-        rules[name] = BackpropRule(D2NN(design_from_config(cfg), workers=a.workers), cfg, 1000)
-    images = torch.rand(a.batch, 28, 28)
-    labels = torch.randint(0, 10, (a.batch,))
-    times = {n: [] for n in rules}
-    for r in rules.values():  # warm-up: FFTW plans, the lines' engines
-        r.step(images, labels)
-        r.step(images, labels)
-    for _ in range(a.repeats):
-        for n, r in rules.items():
-            t = time.perf_counter()
-            r.step(images, labels)
-            times[n].append(time.perf_counter() - t)
-    base = statistics.median(times["monochromatic"])
-    print(f"Lin geometry, batch {a.batch}, objective {a.objective}, medians of {a.repeats} interleaved steps")
-    print("| step | ms | / monochromatic |\n|---|---|---|")
-    for n, ts in times.items():
-        m = statistics.median(ts)
-        print(f"| {n} | {1e3 * m:.0f} | {m / base:.2f}x |")
+    configs = {n: lin_config("source", src, "lin2018-fashion-broadband.toml") for n, src in variants.items()}
+    times = time_steps(configs, a.batch, a.repeats, a.workers, warmup=2)
+    print_ratios(times, "monochromatic", f"Lin geometry, batch {a.batch}, objective {a.objective}, medians of "
+                                         f"{a.repeats} interleaved steps")
     return 0
 
 

@@ -25,49 +25,63 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _lin_config(robustness=None):
+def lin_config(table: str = "robustness", value=None, config: str = "lin2018-fashion-holder.toml"):
+    """The Lin-geometry config ``designs/<config>`` trained from scratch (no ``[model]``), its
+    ``[table]`` replaced by ``value`` (dropped for ``None``)."""
     import tomllib
 
     from training.config import parse_config
 
-    doc = tomllib.loads((ROOT / "designs" / "lin2018-fashion-holder.toml").read_text())
+    doc = tomllib.loads((ROOT / "designs" / config).read_text())
     doc["model"] = {}
-    doc.pop("robustness", None)
-    if robustness:
-        doc["robustness"] = robustness
+    doc.pop(table, None)
+    if value:
+        doc[table] = value
     return parse_config(doc, str(ROOT / "designs" / "bench.toml"))
 
 
-def step(a) -> int:
-    """Median step time of plain and vaccinated training at k = 1, 2; prints a table of ratios."""
+def time_steps(configs: dict, batch: int, repeats: int, workers=None, warmup: int = 1) -> dict:
+    """``name -> [seconds]`` of backprop steps (batch ``batch`` of random images) for each config,
+    interleaved, after ``warmup`` steps each (FFTW plans, first engines)."""
     import torch
 
-    from training.trainer import BackpropRule
     from training.model import D2NN, design_from_config
+    from training.trainer import BackpropRule
 
     torch.manual_seed(0)
-    variants = {"plain": None, "k=1": {"budget": a.budget, "oversample": 1}, "k=2": {"budget": a.budget, "oversample": 2}}
-    rules = {}
-    for name, rob in variants.items():
-        cfg = _lin_config(rob)
-        model = D2NN(design_from_config(cfg), workers=a.workers)
-        rules[name] = BackpropRule(model, cfg, 1000)
-    images = torch.rand(a.batch, 28, 28)
-    labels = torch.randint(0, 10, (a.batch,))
+    rules = {name: BackpropRule(D2NN(design_from_config(cfg), workers=workers), cfg, 1000)
+             for name, cfg in configs.items()}
+    images = torch.rand(batch, 28, 28)
+    labels = torch.randint(0, 10, (batch,))
     times = {n: [] for n in rules}
-    for r in rules.values():  # warm-up: FFTW plans, first engines
-        r.step(images, labels)
-    for _ in range(a.repeats):
+    for r in rules.values():
+        for _ in range(warmup):
+            r.step(images, labels)
+    for _ in range(repeats):
         for n, r in rules.items():
             t = time.perf_counter()
             r.step(images, labels)
             times[n].append(time.perf_counter() - t)
-    base = statistics.median(times["plain"])
-    print(f"Lin geometry, batch {a.batch}, budget {a.budget}, medians of {a.repeats} interleaved steps")
-    print("| step | ms | / plain |\n|---|---|---|")
+    return times
+
+
+def print_ratios(times: dict, base: str, title: str) -> None:
+    """A Markdown table of median step times and their ratio to ``times[base]``."""
+    ref = statistics.median(times[base])
+    print(title)
+    print(f"| step | ms | / {base} |\n|---|---|---|")
     for n, ts in times.items():
         m = statistics.median(ts)
-        print(f"| {n} | {1e3 * m:.0f} | {m / base:.2f}x |")
+        print(f"| {n} | {1e3 * m:.0f} | {m / ref:.2f}x |")
+
+
+def step(a) -> int:
+    """Median step time of plain and vaccinated training at k = 1, 2; prints a table of ratios."""
+    variants = {"plain": None, "k=1": {"budget": a.budget, "oversample": 1}, "k=2": {"budget": a.budget, "oversample": 2}}
+    times = time_steps({n: lin_config("robustness", rob) for n, rob in variants.items()}, a.batch, a.repeats,
+                       a.workers)
+    print_ratios(times, "plain", f"Lin geometry, batch {a.batch}, budget {a.budget}, medians of {a.repeats} "
+                                 "interleaved steps")
     return 0
 
 

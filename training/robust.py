@@ -208,6 +208,20 @@ def jittered_frequencies(spectrum, indices, rng) -> np.ndarray:
     return lo[idx] + u * (hi[idx] - lo[idx])
 
 
+def band_sum(lines, parts):
+    """``(powers, intensity)`` summed over the lines of a :class:`~diffractive.asbuilt.BuiltLines`
+    from each line's own ``parts[j] = (powers_j, intensity_j)``: ``sum_j W[j] * P_j`` and
+    ``sum_j w_j I_j``."""
+    import torch  # noqa: PLC0415
+
+    powers = intensity = None
+    for j, (p, i) in enumerate(parts):
+        p = p * torch.as_tensor(lines.weights[j], dtype=p.dtype, device=p.device)
+        i = i * float(lines.line_weights[j])
+        powers, intensity = (p, i) if powers is None else (powers + p, intensity + i)
+    return powers, intensity
+
+
 def through_stack(model, images, stack, workers=None):
     """``(powers (B, K), intensity)`` of ``images`` through the model's layers in ``stack``,
     differentiable in the model's parameters.
@@ -220,16 +234,7 @@ def through_stack(model, images, stack, workers=None):
     if isinstance(stack, BuiltLines):
         if len(stack.stacks) == 1 and np.all(stack.weights == 1.0) and stack.line_weights[0] == 1.0:
             return through_stack(model, images, stack.stacks[0], workers)
-        import torch  # noqa: PLC0415
-
-        powers = intensity = None
-        for j, st in enumerate(stack.stacks):
-            p, i = through_stack(model, images, st, workers)
-            w = torch.as_tensor(stack.weights[j], dtype=p.dtype, device=p.device)
-            powers = p * w if powers is None else powers + p * w
-            i = i * float(stack.line_weights[j])
-            intensity = i if intensity is None else intensity + i
-        return powers, intensity
+        return band_sum(stack, [through_stack(model, images, st, workers) for st in stack.stacks])
     import torch  # noqa: PLC0415
 
     t = stack.transmissions(phases=model.phase, amplitudes=model.amplitudes())
@@ -300,4 +305,4 @@ def vaccination_from_config(design, cfg):
                        cfg.trainer.workers, known=known, sample=sp.sample, objective=sp.objective, jitter=sp.jitter)
 
 
-__all__ = ["Vaccination", "through_stack", "freeze_layers", "hold_block_constant", "smoothness_penalty", "vaccination_from_config"]
+__all__ = ["Vaccination", "band_sum", "through_stack", "freeze_layers", "hold_block_constant", "smoothness_penalty", "vaccination_from_config"]

@@ -29,7 +29,6 @@ import torch
 import diffractive
 from diffractive._io import atomic_write, atomic_write_bytes, refuse_overwriting_inputs
 from diffractive._read import InputFileError, check_regular_file
-from diffractive.asbuilt import build_lines
 from diffractive.design import save_design, write_json_atomic
 from diffractive.errors import D2NNError, OutputExists
 from diffractive.measured.stats import confusion_matrix
@@ -39,7 +38,8 @@ from .config import MAX_LEARNING_RATE, Config
 from .datasets import check_classes, split_provenance
 from .model import D2NN, design_from_config, detector_loss
 from .rules.common import lr_factor
-from .robust import freeze_layers, hold_block_constant, smoothness_penalty, through_stack, vaccination_from_config
+from .robust import (band_sum, freeze_layers, hold_block_constant, smoothness_penalty, through_stack,
+                     vaccination_from_config)
 from .rules.distributed import SCHEMES, Comm, init_from_env, is_writer, per_process_workers
 
 
@@ -800,20 +800,20 @@ class Trainer:
         return float(np.mean(corrects / len(y)))
 
     @torch.no_grad()
-    def evaluate(self, x, y, batch_size=128, keep_mean_intensity=False, shard=False, spectrum=None):
+    def evaluate(self, x, y, batch_size=128, keep_mean_intensity=False, shard=False):
         """Loss, accuracy, predictions and (optionally) mean output intensity per class.
 
         ``shard``: in a torchrun job each rank evaluates its part of ``x`` and the loss sums
         and correct counts are added over the ranks (validation, N times faster); the
         predictions are then this rank's part only, and ``keep_mean_intensity`` is refused.
-        A design lit by a spectrum is evaluated under it (band-summed powers); ``spectrum``
-        lights the layers with another :class:`~diffractive.spectrum.Spectrum` instead.
+        A design lit by a spectrum is evaluated under it (band-summed powers) and, with
+        integrating detectors, at each line alone (``line_accuracies``).
         """
         if shard and self.comm.world > 1:
             if keep_mean_intensity:
                 raise TrainingError("evaluate: keep_mean_intensity needs the whole split (shard=False)")
             lo, hi = self.comm.span(len(y))
-            part = self.evaluate(x[lo:hi], y[lo:hi], batch_size, spectrum=spectrum)
+            part = self.evaluate(x[lo:hi], y[lo:hi], batch_size)
             n = hi - lo
             correct = float(np.sum(part["predictions"] == y[lo:hi]))
             loss_sum, correct, total = self.comm.sum([part["loss"] * n, correct, n])
@@ -830,9 +830,7 @@ class Trainer:
         forward = getattr(self.rule, "evaluation_forward", None) or self.model
         # a broadband design is evaluated under its whole spectrum (band-summed powers)
         vac = getattr(self.rule, "vaccination", None)
-        spectral = vac.ideal_lines() if vac is not None and vac.spectral and spectrum is None else None
-        if spectrum is not None:  # another source than the design's (the per-line accuracies of finish())
-            spectral = build_lines(self.model.design, None, spectrum=spectrum)
+        spectral = vac.ideal_lines() if vac is not None and vac.spectral else None
         # with integrating detectors each line also classifies alone: count its hits (objective "each")
         per_line = spectral is not None and len(spectral.stacks) > 1 and \
             all(d.band is None for d in self.model.design.detectors)
@@ -841,13 +839,10 @@ class Trainer:
             xb = torch.from_numpy(x[a:a + batch_size]).to(self.device)
             yb = torch.from_numpy(y[a:a + batch_size]).to(self.device)
             if per_line:
-                powers = inten = None
-                for j, st in enumerate(spectral.stacks):
-                    p, i = through_stack(self.model, xb, st, self.cfg.trainer.workers)
+                parts = [through_stack(self.model, xb, st, self.cfg.trainer.workers) for st in spectral.stacks]
+                for j, (p, _) in enumerate(parts):
                     line_correct[j] += int(((p @ self.model.score_matrix).argmax(1) == yb).sum())
-                    p = p * torch.as_tensor(spectral.weights[j], dtype=p.dtype, device=p.device)
-                    i = i * float(spectral.line_weights[j])
-                    powers, inten = (p, i) if powers is None else (powers + p, inten + i)
+                powers, inten = band_sum(spectral, parts)
             elif spectral is not None:
                 powers, inten = through_stack(self.model, xb, spectral, self.cfg.trainer.workers)
             else:
