@@ -70,13 +70,15 @@ def line_sampling(design, spectrum=None) -> list[dict]:
 
 
 def frequency_sweep(design, images, labels, frequencies_hz, *, as_built=None, oversample: int = 1,
-                    batch_size: int = 64, backend=None, progress=None) -> list[dict]:
+                    heights_m=None, batch_size: int = 64, backend=None, progress=None) -> list[dict]:
     """Accuracy of ``design`` lit by one line at each of ``frequencies_hz`` in turn (a tunable
     or drifting CW source): ``[{"frequency_thz", "wavelength_m", "accuracy", "correct", "n"}]``.
 
     The printed heights stay those of the design wavelength; at each frequency the material's
     index comes from its dispersion table (or its single value, the non-dispersive
     assumption) and every hop propagates at that wavelength (:func:`diffractive.asbuilt.build_lines`).
+    ``heights_m`` (L, ny, nx): heights actually printed (e.g. re-read from STL files) instead of
+    the design's phases, as in :func:`diffractive.asbuilt.simulate_built`.
     ``progress(i_done)`` after each frequency. Designs whose detectors read single lines of
     their own spectrum (``band``) are refused: they have no meaning under another source.
     """
@@ -87,8 +89,8 @@ def frequency_sweep(design, images, labels, frequencies_hz, *, as_built=None, ov
     rows = []
     for i, f in enumerate(frequencies_hz):
         lam = wavelength_m(float(f))
-        res = simulate_built(design, images, as_built, oversample=oversample, batch_size=batch_size,
-                             backend=backend, spectrum=Spectrum.monochromatic(lam))
+        res = simulate_built(design, images, as_built, oversample=oversample, heights_m=heights_m,
+                             batch_size=batch_size, backend=backend, spectrum=Spectrum.monochromatic(lam))
         correct = int(np.sum(res.predictions == labels))
         rows.append({"frequency_thz": float(f) / 1e12, "wavelength_m": lam, "correct": correct, "n": int(len(labels)),
                      "accuracy": correct / len(labels) if len(labels) else float("nan")})

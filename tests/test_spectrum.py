@@ -283,6 +283,17 @@ def test_a_frequency_sweep_at_the_design_frequency_is_the_design_accuracy():
     assert rows[1]["frequency_thz"] == pytest.approx(0.3)
 
 
+def test_a_frequency_sweep_of_printed_heights_simulates_those_heights_at_each_frequency():
+    d = _design()
+    imgs = np.random.default_rng(8).random((20, 12, 12))
+    flat = np.zeros((d.n_layers,) + d.layer_shape, np.float32)
+    lam = SPEED_OF_LIGHT_M_S / 0.39e12
+    labels = simulate_built(d, imgs, heights_m=flat, spectrum=Spectrum.monochromatic(lam)).predictions
+    as_printed = frequency_sweep(d, imgs, labels, [0.39e12], heights_m=flat)
+    as_designed = frequency_sweep(d, imgs, labels, [0.39e12])
+    assert as_printed[0]["accuracy"] == 1.0 and as_designed[0]["accuracy"] < 0.9
+
+
 def test_a_source_outside_the_dispersion_table_is_refused_with_the_numbers():
     d = _design(material=_dispersive())
     with pytest.raises(D2NNError, match=r"0\.3 THz.*0\.36 to 0\.44 THz"):
@@ -431,6 +442,25 @@ def test_the_export_manifest_records_the_band_and_the_stl_round_trip_keeps_the_d
     assert man["material"]["dispersion"]["n"] == [1.70, 1.72, 1.75]
     printed, heights, _ = printed_from_stl(d, tmp_path / "print")
     assert printed.material.dispersion == d.material.dispersion and printed.spectrum == s
+
+
+def test_d2nn_simulate_sweeps_the_stack_re_read_from_its_stl_files(tmp_path, capsys):
+    pytest.importorskip("trimesh")
+    from d2nn import cli
+
+    save_design(_design(n=40, input_size_yx_m=(8e-3, 8e-3), detector_size_m=1.2e-3, detector_spacing_m=3e-3),
+                tmp_path / "d")
+    assert cli.main(["export", str(tmp_path / "d"), "--out", str(tmp_path / "print")]) == 0
+    capsys.readouterr()
+    common = [str(tmp_path / "d"), "--dataset", "digits", "--limit", "30", "--from-stl", str(tmp_path / "print"),
+              "--json"]
+    assert cli.main(["simulate", *common]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert cli.main(["simulate", *common, "--frequencies", "0.38THz,0.4THz"]) == 0
+    swept = json.loads(capsys.readouterr().out)
+    assert swept["source"] == "stl" and len(swept["sweep"]) == 2
+    # at the design frequency (0.4 THz) the sweep is the plain re-read simulation
+    assert swept["sweep"][1]["correct"] == plain["correct"]
 
 
 def test_d2nn_tolerance_sweeps_the_source_frequency_into_its_report(tmp_path, capsys):

@@ -133,8 +133,6 @@ def _sweep(args, printed, images, labels, as_built, oversample, heights_m, backe
     from diffractive.simulate import frequency_sweep, line_sampling, plot_frequency_sweep  # noqa: PLC0415
     from diffractive.spectrum import Spectrum, frequency_hz  # noqa: PLC0415
 
-    if heights_m is not None:
-        raise UserError("--frequencies with --from-stl is not supported yet: sweep the design itself")
     progress = None
     if not args.json and sys.stderr.isatty():
         from tqdm import tqdm  # noqa: PLC0415
@@ -142,13 +140,13 @@ def _sweep(args, printed, images, labels, as_built, oversample, heights_m, backe
         bar = tqdm(total=len(args.frequencies), unit="freq", desc="sweep", leave=False)
         progress = lambda i: bar.update(i - bar.n)  # noqa: E731
     rows = frequency_sweep(printed, images, labels, args.frequencies, as_built=as_built, oversample=oversample,
-                           batch_size=args.batch_size, backend=backend, progress=progress)
+                           heights_m=heights_m, batch_size=args.batch_size, backend=backend, progress=progress)
     samp = line_sampling(printed, Spectrum(tuple(r["wavelength_m"] for r in rows)))
     for r, s in zip(rows, samp):
         r["kept_fraction"] = s["kept_fraction"]
     f0 = frequency_hz(printed.wavelength_m) / 1e12
     out = {"design": str(args.design), "dataset": args.dataset, "split": args.split, "n": int(len(labels)),
-           "design_frequency_thz": f0, "dispersive": printed.material.is_dispersive,
+           "source": "stl" if args.from_stl else "ideal", "design_frequency_thz": f0, "dispersive": printed.material.is_dispersive,
            "design_spectrum": None if printed.is_monochromatic else printed.lines.to_json(), "sweep": rows,
            "min_accuracy": min(r["accuracy"] for r in rows)}
     if args.figure is not None:
@@ -157,7 +155,8 @@ def _sweep(args, printed, images, labels, as_built, oversample, heights_m, backe
     if args.json:
         print(json.dumps(out))
         return 0
-    print(f"{args.design}: {args.dataset}/{args.split}, {len(labels)} images, source at one frequency at a time "
+    print(f"{args.design}: {args.dataset}/{args.split}, {len(labels)} images"
+          + (f", layers re-read from {args.from_stl}" if args.from_stl else "") + ", source at one frequency at a time "
           f"(design frequency {f0:.4g} THz; material {'from its dispersion table' if out['dispersive'] else 'non-dispersive: one n and kappa at every frequency, an assumption'})")
     print("  frequency   accuracy   bandwidth kept")
     for r in rows:
