@@ -43,6 +43,20 @@ def test_levenberg_marquardt_finds_the_minimum_of_rosenbrock():
     assert tr.losses[-1] < 1e-8 and all(b <= a for a, b in zip(tr.losses, tr.losses[1:]))
 
 
+def test_levenberg_marquardt_says_why_it_stopped():
+    def fun(t):
+        return np.array([10 * (t[1] - t[0] ** 2), 1 - t[0]])
+    # Rosenbrock's valley takes more than 3 steps from (-1.2, 1): out of iterations, still descending
+    short = levenberg_marquardt(fun, [-1.2, 1.0], steps=np.full(2, 1e-7), bounds=np.full(2, 10.0), max_iter=3,
+                                max_step=0.5)
+    assert short.stop == "iterations" and short.losses[-1] > 1e-3
+    w = fit_warnings([1.0], {}, 10, refine_losses=short.losses)
+    assert len(w) == 1 and "used all 3 iterations" in w[0]
+    done = levenberg_marquardt(fun, [-1.2, 1.0], steps=np.full(2, 1e-7), bounds=np.full(2, 10.0), max_iter=200,
+                               max_step=0.5)
+    assert done.stop in ("converged", "no better step") and len(done.losses) < 201
+
+
 def test_the_covariance_of_a_straight_line_is_the_textbook_one():
     """y = a + b x + noise: sigma^2 (X^T X)^-1 with sigma^2 = RSS / (n - 2); a third parameter
     that duplicates the intercept lies in an unseen direction: not determined, no number."""

@@ -296,6 +296,10 @@ class FitTrace:
     evaluations: int
     jacobian: np.ndarray | None = None
     residuals: np.ndarray | None = None
+    #: why it stopped: ``"converged"`` (small gain and small step), ``"no better step"``
+    #: (no damping found a lower loss: a minimum, at the Jacobian's precision) or
+    #: ``"iterations"`` (``max_iter`` used up while still descending)
+    stop: str = "iterations"
 
 
 def levenberg_marquardt(fun, theta0, *, steps, bounds, max_iter: int = 15, tol: float = 1e-5, max_step: float = 1.0,
@@ -312,6 +316,7 @@ def levenberg_marquardt(fun, theta0, *, steps, bounds, max_iter: int = 15, tol: 
     evals = 1
     lam = 1e-2
     J = None
+    stop = "iterations"
     for it in range(max_iter):
         J = np.empty((r.size, theta.size))
         for j in range(theta.size):
@@ -348,10 +353,14 @@ def levenberg_marquardt(fun, theta0, *, steps, bounds, max_iter: int = 15, tol: 
             progress(it + 1, cost)
         # a small relative gain alone is no convergence: with noisy data the loss sits on its noise
         # floor while a shallow valley (the plates' common shear) is still being walked down
-        if not improved or (rel < tol and moved < step_tol):
+        if not improved:
+            stop = "no better step"
+            break
+        if rel < tol and moved < step_tol:
+            stop = "converged"
             break
     return FitTrace(start=np.asarray(theta0, dtype=np.float64), theta=theta, losses=losses, evaluations=evals,
-                    jacobian=J, residuals=r)
+                    jacobian=J, residuals=r, stop=stop)
 
 
 # --------------------------------------------------------------------------- the diagnosis
@@ -399,8 +408,8 @@ class Diagnosis:
                 "kind": self.kind, "samples": self.n, "samples_fitted": self.samples_fitted,
                 "estimates": self.estimates(), "as_built": self.as_built.to_json(),
                 "starts": [{"start": s.start.tolist(), "loss": s.losses[-1], "steps": len(s.losses) - 1,
-                            "simulations": s.evaluations} for s in self.starts],
-                "fine": {"losses": self.fine.losses, "simulations": self.fine.evaluations},
+                            "simulations": s.evaluations, "stop": s.stop} for s in self.starts],
+                "fine": {"losses": self.fine.losses, "simulations": self.fine.evaluations, "stop": self.fine.stop},
                 "accuracy": self.accuracy, "corrections": self.corrections, "fixes": self.fixes,
                 "notes": self.notes, "warnings": self.warnings, "explained": self.explained,
                 "seconds": round(self.seconds, 1)}
@@ -413,7 +422,7 @@ class Diagnosis:
         lines.append(f"  fit          {len(self.starts)} start(s), losses " +
                      ", ".join(f"{s.losses[-1]:.4g}" for s in self.starts) +
                      f"; best refined on {self.samples_fitted.get('fine', self.n)} samples: loss {self.fine.losses[0]:.4g} "
-                     f"-> {self.fine.losses[-1]:.4g} ({len(self.fine.losses) - 1} steps, "
+                     f"-> {self.fine.losses[-1]:.4g} ({len(self.fine.losses) - 1} steps, stopped: {self.fine.stop}, "
                      f"{100 * (self.explained or 0):.0f} % of the measured power explained); {self.seconds:.0f} s")
         lines.append("  accuracy     " + ", ".join(f"{name} {_pct(a.get(key))}" for key, name in (
             ("measured", "measured"), ("fitted", "fitted model"), ("as_printed", "as printed (no assembly error)"),
@@ -611,7 +620,8 @@ def diagnose(design, measured, images, *, budget: ErrorBudget | None, kinds=DEFA
         notes.append(f"{len(undetermined)} of {len(params)} parameters are not determined by these data: "
                      + ", ".join(undetermined[:8]) + (" ..." if len(undetermined) > 8 else ""))
     explained = 1.0 - fine.losses[-1] / max(fine.residuals.size, 1)  # residuals are normalised by the RMS
-    warnings = fit_warnings([tr.losses[-1] for tr in traces], accuracy, n, explained)
+    warnings = fit_warnings([tr.losses[-1] for tr in traces], accuracy, n, explained,
+                            refine_losses=fine.losses if fine.stop == "iterations" else None)
     return Diagnosis(design_name=design_name, measurement=str(measured.source), kind=measured.kind, n=n,
                      params=params, theta_si=theta_si, sigma_si=sigma_si, determined=determined, as_built=fitted,
                      starts=traces, fine=fine, accuracy=accuracy, corrections=corrections, fixes=fixes, notes=notes,
@@ -627,7 +637,8 @@ def diagnose(design, measured, images, *, budget: ErrorBudget | None, kinds=DEFA
 MIN_EXPLAINED = 0.6
 
 
-def fit_warnings(start_losses, accuracy: dict, n: int, explained: float | None = None) -> list:
+def fit_warnings(start_losses, accuracy: dict, n: int, explained: float | None = None,
+                 refine_losses=None) -> list:
     """Signs that the fit found a wrong basin, in words (empty: none seen).
 
     * Only one start reached the lowest loss (within 1 %): the landscape has several basins
@@ -639,6 +650,11 @@ def fit_warnings(start_losses, accuracy: dict, n: int, explained: float | None =
 
     * The fitted model explains less than :data:`MIN_EXPLAINED` of the measurement's power
       (``explained = 1 - |residual|^2 / |measured|^2``, the scale or gains fitted).
+    * The refinement (its losses ``refine_losses``) used all its iterations while still
+      descending: the standard errors are the curvature where it stopped, not at the
+      minimum, and on the shipped designs the last part of the descent is the plates' common
+      shear, a direction where estimates can still move by hundreds of micrometres while
+      the loss changes by a fraction of a percent (benchmarks/README.md, "Diagnosis").
 
     The standard errors of the estimates assume the fit found the right basin; these
     warnings are the check that it did not obviously miss it. Neither proves success.
@@ -655,6 +671,11 @@ def fit_warnings(start_losses, accuracy: dict, n: int, explained: float | None =
         out.append(f"the fitted model explains {100 * explained:.0f} % of the measured power (fits in the right "
                    f"basin explained 78-85 % of 2 %-noise scans in benchmarks/README.md): a wrong basin, very noisy "
                    "data, or an error the model does not hold")
+    if refine_losses is not None and len(refine_losses) > 2:
+        last = (refine_losses[-2] - refine_losses[-1]) / max(refine_losses[-2], 1e-300)
+        out.append(f"the refinement used all {len(refine_losses) - 1} iterations and was still descending (last "
+                   f"step {100 * last:.2g} % lower loss): the standard errors describe where it stopped; rerun with "
+                   "more --iterations before trusting estimates along a weakly determined direction")
     fa, ma = accuracy.get("fitted"), accuracy.get("measured")
     if fa is not None and ma is not None and n > 0:
         se = math.sqrt(max(ma * (1 - ma), 0.25 / n) / n)
