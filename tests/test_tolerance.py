@@ -167,8 +167,10 @@ def test_shipped_tolerance_reports_are_readable_and_match_their_designs():
         summary = read_summary(path)
         assert summary["draws"] >= 20 and summary["n_images"] >= 1667
         doc = json.loads(path.read_text())
-        assert Path(doc["design"]).name == path.parent.parent.name
-        load_design(path.parent.parent)
+        design = load_design(path.parent.parent)
+        # a report names the folder it was computed on; a stage kept after its successor took
+        # the name (fashion-holder-stage1 was designs/fashion-holder) names the design it trained as
+        assert Path(doc["design"]).name in (path.parent.parent.name, design.provenance["config"]["name"])
     # the budget each robust design was made for is the one d2nn export copies
     assert read_summary(root / "fashion-holder" / "tolerance" / "tolerance.json")["budget"] == "holder"
     assert read_summary(root / "fashion-hand" / "tolerance" / "tolerance.json")["budget"] == "hand"

@@ -539,7 +539,7 @@ def diagnose(design, measured, images, *, budget: ErrorBudget | None, kinds=DEFA
 
     # coarse_on="powers", scans on the simulation grid: the starts are fitted to the detector
     # powers read out of them (same probe: one scale). Ten numbers per object give a smoother
-    # landscape than the whole scan: on fashion-holder, fits of powers found the right basin in
+    # landscape than the whole scan: on fashion-holder-stage1, fits of powers found the right basin in
     # 3 of 3 draws where fits of the scans stalled in a wrong one in 1 of 3 (benchmarks/README.md).
     powers_first = coarse_on == "powers" and measured.kind == "scan" and model._identity_scan and model.k == 1
     if coarse_on not in ("powers", "scans"):
