@@ -56,3 +56,13 @@ def test_library_errors_are_caught_once_and_worded_with_flags(monkeypatch, capsy
 def test_help_and_version_exit_cleanly():
     out = subprocess.run([sys.executable, "-m", "d2nn", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("d2nn ")
+
+
+def test_every_help_text_renders_its_percent_signs():
+    """argparse %-formats argument help but prints descriptions as written: a '%%' meant for
+    one kind of text shows up doubled in the other."""
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, command in sub.choices.items():
+        text = command.format_help()
+        assert "%%" not in text, f"d2nn {name} --help shows a doubled percent sign"

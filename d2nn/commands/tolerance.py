@@ -13,7 +13,7 @@ def register(sub):
     p = sub.add_parser(
         "tolerance", help="accuracy of a design as built: under an error budget, and per error kind",
         description="Monte-Carlo tolerance analysis of a design (diffractive/tolerance.py): the expected "
-                    "accuracy (mean, 95 %% interval, 5th percentile over draws) when every error of the budget "
+                    "accuracy (mean, 95 % interval, 5th percentile over draws) when every error of the budget "
                     "is present at once, and one sweep per error kind (accuracy against its size alone) with "
                     "the size at which accuracy drops 1 and 5 points. Budgets: diffractive/budgets/*.toml "
                     "(holder, hand) or your own TOML file (docs/asbuilt.md).")
