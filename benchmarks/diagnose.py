@@ -174,6 +174,15 @@ def relative_lateral_error(row, design) -> float | None:
     return worst
 
 
+def _warning_flag(warning: str) -> str:
+    """A few words for one of ``fit_warnings``' sentences, for the table's last columns."""
+    for key, flag in (("only 1 of", "one winning start"), ("classifies", "accuracy mismatch"),
+                      ("explain", "explains little"), ("iterations", "out of iterations, descending")):
+        if key in warning:
+            return flag
+    raise ValueError(f"no table flag for the diagnose warning {warning!r}")
+
+
 def table(rows, design_name, design=None):
     kinds = ["lateral", "rotation", "axial", "detector", "thickness", "wavelength"]
     unit = {"lateral": (1e-6, "um"), "rotation": (math.radians(1), "deg"), "axial": (1e-6, "um"),
@@ -212,8 +221,7 @@ def table(rows, design_name, design=None):
         warned = r.get("warnings")
         if warned is None:
             warned = fit_warnings(r["starts"], r["fit_accuracy"], r["samples"], explained)
-        flags = ", ".join(("one winning start" if "only 1 of" in w else "accuracy mismatch" if "classifies" in w
-                           else "explains little") for w in warned) or "-"
+        flags = ", ".join(_warning_flag(w) for w in warned) or "-"
         flags = (f"explained {explained:.2f}; " if explained is not None else "") + flags
         rel = relative_lateral_error(r, design) if design is not None else None
         print(f"| {r['seed']} | " + " | ".join(cells) + f" | {'yes' if ok else 'no'} | "
