@@ -214,7 +214,8 @@ def test_shipped_configs_parse():
                  "lin2018-fashion-stage6", "lin2018-fashion-stage7",
                  "lin2018-fashion-differential",
                  "lin2018-mnist", "quickstart-holder", "lin2018-fashion-holder", "lin2018-fashion-hand",
-                 "lin2018-fashion-holder-stage2", "lin2018-fashion-hand-stage2", "lin2018-mnist-holder"):
+                 "lin2018-fashion-holder-stage2", "lin2018-fashion-hand-stage2",
+                 "lin2018-fashion-hand-stage3", "lin2018-mnist-holder"):
         cfg = load_config(Path(__file__).resolve().parents[1] / "designs" / f"{name}.toml")
         if cfg.model.init_from is not None:  # the stage it continues is shipped and fits
             from training.model import design_from_config
