@@ -141,8 +141,10 @@ def one_draw(args, design, seed, eval_images, eval_labels, work: Path) -> dict:
             "gain_spread": args.gain_spread if args.format == "csv" else 0.0, "errors": errors,
             "fit_accuracy": fit["accuracy"], "starts": [s["loss"] for s in fit["starts"]],
             "explained": fit.get("explained"), "warnings": fit.get("warnings"),
-            "coarse_on": "powers" if args.format == "csv" or any("detector powers read out" in n for n in fit["notes"])
-            else "scans",
+            # what the winning start was fitted to (rows from before it was recorded: read the notes)
+            "coarse_on": "powers" if args.format == "csv" else
+            min(fit["starts"], key=lambda st: st["loss"]).get("fitted_to") or
+            ("powers" if any("detector powers read out" in n for n in fit["notes"]) else "scans"),
             "eval": {"samples": len(eval_labels), "ideal": ideal, "as_built": as_built, "corrected": fixed},
             "seconds": round(seconds, 1)}
 
@@ -246,7 +248,7 @@ def main_(argv=None):
     ap.add_argument("--fit", default=None, help="as for d2nn diagnose (default: its default)")
     ap.add_argument("--starts", type=int, default=4)
     ap.add_argument("--iterations", type=int, default=20)
-    ap.add_argument("--coarse-on", choices=["powers", "scans"], default=None, help="as for d2nn diagnose")
+    ap.add_argument("--coarse-on", choices=["auto", "powers", "scans"], default=None, help="as for d2nn diagnose")
     ap.add_argument("--out", required=True, help="JSON lines, one per draw (appended; seeds already there skipped)")
     args = ap.parse_args(argv)
     design = load_design(args.design)

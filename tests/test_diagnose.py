@@ -43,6 +43,19 @@ def test_levenberg_marquardt_finds_the_minimum_of_rosenbrock():
     assert tr.losses[-1] < 1e-8 and all(b <= a for a, b in zip(tr.losses, tr.losses[1:]))
 
 
+def test_a_capped_step_keeps_its_direction_along_a_valley():
+    """r = (100 (x - 30 y), x - 6): a narrow straight valley x = 30 y with its minimum at
+    (6, 0.2), 12 capped steps of 0.5 away. Capping each component separately steps off the
+    valley floor (x moves 0.5, y its full 0.2) and crawls; scaling the whole step keeps it on
+    the floor and arrives in a few steps more than 12."""
+    def fun(t):
+        return np.array([100 * (t[0] - 30 * t[1]), t[0] - 6])
+    tr = levenberg_marquardt(fun, [0.0, 0.0], steps=np.full(2, 1e-7), bounds=np.full(2, 10.0), max_iter=16,
+                             max_step=0.5)
+    np.testing.assert_allclose(tr.theta, [6.0, 0.2], atol=1e-6)
+    assert all(b <= a for a, b in zip(tr.losses, tr.losses[1:]))
+
+
 def test_levenberg_marquardt_says_why_it_stopped():
     def fun(t):
         return np.array([10 * (t[1] - t[0] ** 2), 1 - t[0]])
@@ -270,3 +283,29 @@ def test_detector_powers_with_known_gains_locate_a_shifted_plate(tmp_path, capsy
     est = {e["label"]: e["value_si"] for e in json.loads(out)["estimates"]}
     assert abs(est["layer 1 x"] - 0.24e-3) < PITCH_M / 10 and abs(est["layer 1 y"]) < PITCH_M / 10, est
     assert math.isfinite(est["layer 1 x"])
+
+
+def test_auto_turns_to_the_detector_powers_when_the_scans_fit_explains_little(lab, capsys):
+    """With noise as large as the signal no stack explains 60 % of the scans, so ``auto``
+    (the default) must also fit the starts to the detector powers read out of them and bring
+    their best to the scans as one more start; ``scans`` must not."""
+    noisy = lab / "noisy.npz"
+    assert main(["measure-sim", str(lab / "design"), "--dataset", "digits", "--samples", "30", "--budget",
+                 str(lab / "budget.toml"), "--seed", "1", "--noise", "1.5", "--format", "scan", "--out", str(noisy),
+                 "--json"]) == 0
+    capsys.readouterr()
+    common = ["diagnose", lab / "design", "--measured", noisy, "--dataset", "digits", "--budget",
+              lab / "budget.toml", "--fit", "lateral", "--starts", "2", "--iterations", "4", "--json", "--quiet"]
+    code, out, _ = run(capsys, *common)
+    assert code == 0
+    fit = json.loads(out)
+    assert [s["fitted_to"] for s in fit["starts"]] == ["scans", "scans", "powers, then scans"]
+    assert all(s["explained"] < 0.6 for s in fit["starts"][:2])
+    assert any("also fitted to the detector powers" in n for n in fit["notes"])
+    # every start's loss is a scan loss on the same samples (all 30: fewer than --coarse-samples),
+    # so the refinement begins exactly at the lowest of them
+    assert fit["fine"]["losses"][0] == pytest.approx(min(s["loss"] for s in fit["starts"]), rel=1e-9)
+    code, out, _ = run(capsys, *common, "--coarse-on", "scans")
+    fit = json.loads(out)
+    assert code == 0 and [s["fitted_to"] for s in fit["starts"]] == ["scans", "scans"]
+    assert not any("detector powers" in n for n in fit["notes"])

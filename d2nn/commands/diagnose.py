@@ -19,7 +19,7 @@ correction plan in millimetres. docs/diagnose.md describes the model and the fit
 
 def register(sub):
     """Add the ``diagnose`` subcommand to ``sub`` (the ``d2nn`` subparsers); its ``func`` is :func:`run`."""
-    from diffractive.measured.diagnose import DEFAULT_FIT, FIT_KINDS  # noqa: PLC0415
+    from diffractive.measured.diagnose import DEFAULT_FIT, FIT_KINDS, MIN_EXPLAINED  # noqa: PLC0415
 
     p = sub.add_parser("diagnose", help=HELP, description=DESCRIPTION)
     p.add_argument("design", help="design folder (holding design.json and phases.npz)")
@@ -41,10 +41,12 @@ def register(sub):
                                                          "(default 4)")
     p.add_argument("--coarse-samples", type=int, default=32,
                    help="samples each start is fitted on before the best is refined on all (default 32)")
-    p.add_argument("--coarse-on", choices=["powers", "scans"], default="scans",
-                   help="what the starts of a scan are fitted to: the scans themselves (default) or the detector "
-                        "powers read out of them (a smoother landscape: try it when a fit is flagged; "
-                        "docs/diagnose.md). Refinement always uses the scans")
+    p.add_argument("--coarse-on", choices=["auto", "scans", "powers"], default="auto",
+                   help="what the starts of a scan are fitted to: the scans themselves, the detector powers read "
+                        "out of them (a smoother landscape, fewer wrong basins), or auto (default): the scans, and "
+                        "the powers as well when the scans' best start explains less than "
+                        f"{100 * MIN_EXPLAINED:.0f} %% of them "
+                        "(docs/diagnose.md). Refinement always uses the scans")
     p.add_argument("--max-samples", type=int, default=None, help="refine on at most this many samples (default all)")
     p.add_argument("--iterations", type=int, default=20, help="Levenberg-Marquardt steps of each start and of the refinement "
                                                               "(default 20)")

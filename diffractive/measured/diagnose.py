@@ -300,15 +300,25 @@ class FitTrace:
     #: (no damping found a lower loss: a minimum, at the Jacobian's precision) or
     #: ``"iterations"`` (``max_iter`` used up while still descending)
     stop: str = "iterations"
+    #: what the start was fitted to: ``"scans"``, ``"powers"`` (the detector powers read out of
+    #: the scans) or ``"powers, then scans"``; and the fraction of that data's power it explains
+    fitted_to: str = ""
+    explained: float | None = None
+
+
+#: What the starts of a scan fit can be fitted to (:func:`diagnose`'s ``coarse_on``).
+COARSE_ON = ("auto", "scans", "powers")
 
 
 def levenberg_marquardt(fun, theta0, *, steps, bounds, max_iter: int = 15, tol: float = 1e-5, max_step: float = 1.0,
                         step_tol: float = 1e-3, progress=None) -> FitTrace:
     """Minimise ``|fun(theta)|^2`` from ``theta0`` (natural units), forward-difference Jacobian
-    with ``steps`` per parameter, ``theta`` clipped to ``[-bounds, bounds]``. The step in any
-    parameter is capped at ``max_step`` natural units per iteration (the basins are about a
-    pixel wide, or narrower: a long Gauss-Newton step along a weakly determined direction
-    would leave the basin)."""
+    with ``steps`` per parameter, ``theta`` clipped to ``[-bounds, bounds]``. A step that would
+    move any parameter more than ``max_step`` natural units is shortened as a whole (the basins
+    are about a pixel wide, or narrower: a long Gauss-Newton step along a weakly determined
+    direction would leave the basin). Shortened, not clipped per parameter: clipping turns a
+    step along a narrow valley -- the stack's common shear and first gap -- off its floor, and
+    the fit then crawls (tests/test_diagnose.py)."""
     theta = np.asarray(theta0, dtype=np.float64).copy()
     r = fun(theta)
     cost = float(r @ r)
@@ -335,7 +345,9 @@ def levenberg_marquardt(fun, theta0, *, steps, bounds, max_iter: int = 15, tol: 
             except np.linalg.LinAlgError:
                 lam *= 10
                 continue
-            delta = np.clip(delta, -max_step, max_step)
+            big = float(np.max(np.abs(delta)))
+            if big > max_step:
+                delta *= max_step / big
             t_new = np.clip(theta + delta, -bounds, bounds)
             r_new = fun(t_new)
             evals += 1
@@ -408,7 +420,8 @@ class Diagnosis:
                 "kind": self.kind, "samples": self.n, "samples_fitted": self.samples_fitted,
                 "estimates": self.estimates(), "as_built": self.as_built.to_json(),
                 "starts": [{"start": s.start.tolist(), "loss": s.losses[-1], "steps": len(s.losses) - 1,
-                            "simulations": s.evaluations, "stop": s.stop} for s in self.starts],
+                            "simulations": s.evaluations, "stop": s.stop, "fitted_to": s.fitted_to,
+                            "explained": s.explained} for s in self.starts],
                 "fine": {"losses": self.fine.losses, "simulations": self.fine.evaluations, "stop": self.fine.stop},
                 "accuracy": self.accuracy, "corrections": self.corrections, "fixes": self.fixes,
                 "notes": self.notes, "warnings": self.warnings, "explained": self.explained,
@@ -477,7 +490,7 @@ def _accuracy(scores_or_powers, design, labels, *, powers=True):
 def diagnose(design, measured, images, *, budget: ErrorBudget | None, kinds=DEFAULT_FIT, background=None,
              gains=None, starts: int = 4, coarse_samples: int = 32, fine_samples: int | None = None,
              max_iter: int = 20, max_step: float = 0.5, oversample: int = 1, seed: int = 0, workers=None, design_name: str = "design",
-             progress=None, measured_accuracy: float | None = None, coarse_on: str = "scans") -> Diagnosis:
+             progress=None, measured_accuracy: float | None = None, coarse_on: str = "auto") -> Diagnosis:
     """Fit the as-built errors of ``design`` to ``measured`` (a :class:`~.io.Scan` or
     :class:`~.io.DetectorPowers` with ``inputs``), ``images`` (N, h, w) the measured objects.
 
@@ -487,8 +500,10 @@ def diagnose(design, measured, images, *, budget: ErrorBudget | None, kinds=DEFA
     ``starts - 1`` budget draws, each fitted on ``coarse_samples`` samples; the best is refined
     on ``fine_samples`` (default all). ``coarse_on``: ``"scans"`` fits the starts to the scans,
     ``"powers"`` (scans on the simulation grid) to the detector powers read out of them: a
-    smoother landscape, which found the right basin where scans did not, but whose refinement
-    stopped 10-46 um short on the quickstart draw where scans reached 1 um (docs/diagnose.md).
+    smoother landscape, which found the right basin where scans did not (docs/diagnose.md);
+    ``"auto"`` fits the scans, and when their best start explains less than
+    :data:`MIN_EXPLAINED` of them also fits the starts to the powers, brings the best of those
+    to the scans on the same samples, and refines whichever of all explains more.
     ``progress(stage, done, total, loss)``.
     """
     t0 = time.perf_counter()
@@ -539,19 +554,19 @@ def diagnose(design, measured, images, *, budget: ErrorBudget | None, kinds=DEFA
 
     # coarse_on="powers", scans on the simulation grid: the starts are fitted to the detector
     # powers read out of them (same probe: one scale). Ten numbers per object give a smoother
-    # landscape than the whole scan: on fashion-holder-stage1, fits of powers found the right basin in
-    # 3 of 3 draws where fits of the scans stalled in a wrong one in 1 of 3 (benchmarks/README.md).
-    powers_first = coarse_on == "powers" and measured.kind == "scan" and model._identity_scan and model.k == 1
-    if coarse_on not in ("powers", "scans"):
-        raise D2NNError(f"coarse_on must be 'powers' or 'scans', got {coarse_on!r}")
-    if powers_first:
+    # landscape than the whole scan; "auto" fits the scans first and turns to the powers only
+    # when the best start explains too little of the scans (benchmarks/README.md, "Diagnosis":
+    # on fashion-holder-stage1 the scans stalled in a wrong basin in 5 of 10 draws, the powers
+    # found the right one in each of those tried).
+    if coarse_on not in COARSE_ON:
+        raise D2NNError(f"coarse_on must be one of {', '.join(COARSE_ON)}, got {coarse_on!r}")
+    powers_possible = measured.kind == "scan" and model._identity_scan and model.k == 1
+    f_scans = fun_for(coarse)
+    f_powers = None
+    if powers_possible and coarse_on in ("powers", "auto"):
         data_powers = np.asarray(build(design, base).readout(data), dtype=np.float64)
         res_p = _residual_fn(lambda ab, subset: model(ab, subset, as_powers=True), data_powers, coarse, False)
-        f_coarse = lambda th: res_p(as_built_of(th * unit, params, base, L))  # noqa: E731
-        notes.append("the starts were fitted to the detector powers read out of the scans, the best refined on "
-                     "the scans")
-    else:
-        f_coarse = fun_for(coarse)
+        f_powers = lambda th: res_p(as_built_of(th * unit, params, base, L))  # noqa: E731
 
     # -- coarse stage: multi-start
     start_points = [np.zeros(len(params))]
@@ -561,14 +576,44 @@ def diagnose(design, measured, images, *, budget: ErrorBudget | None, kinds=DEFA
         else:
             ab = budget.draw(np.random.default_rng([seed, 1, j]), L)
             start_points.append(np.clip(theta_of(ab, params) / unit, -bounds, bounds))
-    traces = []
-    coarse_iter = max_iter
-    for j, th0 in enumerate(start_points):
-        tr = levenberg_marquardt(f_coarse, th0, steps=steps, bounds=bounds, max_iter=coarse_iter, max_step=max_step,
-                                 progress=None if progress is None else
-                                 (lambda it, c, j=j: progress(f"start {j + 1}/{len(start_points)}", it, coarse_iter, c)))
-        tr.jacobian = tr.residuals = None
-        traces.append(tr)
+
+    def fit_starts(f, fitted_to):
+        out = []
+        for j, th0 in enumerate(start_points):
+            tr = levenberg_marquardt(f, th0, steps=steps, bounds=bounds, max_iter=max_iter, max_step=max_step,
+                                     progress=None if progress is None else
+                                     (lambda it, c, j=j: progress(f"start {j + 1}/{len(start_points)} ({fitted_to})",
+                                                                  it, max_iter, c)))
+            tr.fitted_to, tr.explained = fitted_to, 1.0 - tr.losses[-1] / max(tr.residuals.size, 1)
+            tr.jacobian = tr.residuals = None
+            out.append(tr)
+        return out
+
+    if coarse_on == "powers" and f_powers is not None:
+        traces = fit_starts(f_powers, "powers")
+        notes.append("the starts were fitted to the detector powers read out of the scans, the best refined on "
+                     "the scans")
+    else:
+        traces = fit_starts(f_scans, "scans")
+        best = min(traces, key=lambda tr: tr.losses[-1])
+        if coarse_on == "auto" and f_powers is not None and best.explained < MIN_EXPLAINED:
+            # the best start of the scans looks like a wrong basin: fit the starts to the powers,
+            # bring their best to the scans on the same samples, and let the losses decide
+            by_powers = min(fit_starts(f_powers, "powers"), key=lambda tr: tr.losses[-1])
+            tr = levenberg_marquardt(f_scans, by_powers.theta, steps=steps, bounds=bounds, max_iter=max_iter,
+                                     max_step=max_step,
+                                     progress=None if progress is None else
+                                     (lambda it, c: progress("best start of the powers, on the scans", it, max_iter,
+                                                             c)))
+            tr.start = by_powers.start
+            tr.fitted_to, tr.explained = "powers, then scans", 1.0 - tr.losses[-1] / max(tr.residuals.size, 1)
+            tr.jacobian = tr.residuals = None
+            traces.append(tr)
+            winner = min(traces, key=lambda t: t.losses[-1])
+            notes.append(f"the best start fitted to the scans explained {100 * best.explained:.0f} % of them (below "
+                         f"{100 * MIN_EXPLAINED:.0f} %), so the starts were also fitted to the detector powers read "
+                         f"out of the scans; their best, brought to the scans, explains {100 * tr.explained:.0f} % and "
+                         + ("was refined" if winner is tr else "lost to the scans' best"))
     best = min(traces, key=lambda tr: tr.losses[-1])
     theta_start = best.theta
     # -- fine stage: the best start on all (or fine_samples) samples
